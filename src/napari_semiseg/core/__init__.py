@@ -1,0 +1,1 @@
+"""The Qt-free, napari-free engine: importable and testable without a display."""

@@ -1,0 +1,507 @@
+"""Readers and writers for the image and label formats the field uses.
+
+Arrays are returned in *display order*: for a NIfTI volume that is (z, y, x) in the LPS
+convention (slices inferior->superior, rows anterior->posterior, columns patient right->left),
+which is the radiological view ITK-SNAP and 3D Slicer show. The original voxel grid and affine
+are kept in :class:`SourceInfo` so that exported masks land on the scan's exact grid.
+
+Every problem with the user's input is raised as :class:`InputError` with one sentence.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+TIFF_SUFFIXES = (".tif", ".tiff")
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
+HDF5_SUFFIXES = (".h5", ".hdf5")
+READ_SUFFIXES = NIFTI_SUFFIXES + TIFF_SUFFIXES + PHOTO_SUFFIXES + HDF5_SUFFIXES
+LABEL_WRITE_SUFFIXES = NIFTI_SUFFIXES + TIFF_SUFFIXES
+
+# Names that mark a file (or its folder) as a label map rather than a scan.
+_LABEL_WORDS = {"label", "labels", "mask", "masks", "seg", "segmentation", "gt", "annotation",
+                "annotations", "manual", "labelstr", "labelsts"}
+_LPS = (("L", "R"), ("P", "A"), ("S", "I"))
+
+
+class InputError(Exception):
+    """A problem with the user's input, phrased as one sentence the user can act on.
+
+    Deliberately not a ValueError: napari's writer lookup swallows ValueError, which would turn
+    "refusing to overwrite your scan" into a vague "no writer" warning.
+    """
+
+
+@dataclass
+class SourceInfo:
+    """Where an array came from and how to put it back on the original voxel grid."""
+
+    path: str
+    format: str  # "nifti" | "tiff" | "photo" | "hdf5"
+    spacing: tuple[float, ...]  # per display axis (spatial axes only)
+    affine: np.ndarray | None = None  # NIfTI voxel -> world (RAS) of the file
+    file_shape: tuple[int, ...] | None = None  # array shape as stored in the file
+    # For NIfTI: axis permutation and flips taking the file's voxel order to display order.
+    to_display: list[tuple[int, bool]] | None = None
+    header: dict = field(default_factory=dict)
+
+    def to_metadata(self) -> dict:
+        """A plain, picklable dict for napari layer metadata."""
+        return {
+            "path": self.path,
+            "format": self.format,
+            "spacing": list(self.spacing),
+            "affine": None if self.affine is None else np.asarray(self.affine).tolist(),
+            "file_shape": None if self.file_shape is None else list(self.file_shape),
+            "to_display": None if self.to_display is None else [list(t) for t in self.to_display],
+            "header": dict(self.header),
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: dict | None) -> SourceInfo | None:
+        if not meta or "format" not in meta:
+            return None
+        return cls(
+            path=meta.get("path", ""),
+            format=meta["format"],
+            spacing=tuple(meta.get("spacing") or ()),
+            affine=None if meta.get("affine") is None else np.asarray(meta["affine"], float),
+            file_shape=None if meta.get("file_shape") is None else tuple(meta["file_shape"]),
+            to_display=None if meta.get("to_display") is None
+            else [(int(a), bool(f)) for a, f in meta["to_display"]],
+            header=dict(meta.get("header") or {}),
+        )
+
+
+@dataclass
+class LoadedImage:
+    """An array in display order plus where it came from."""
+
+    data: np.ndarray
+    source: SourceInfo
+    rgb: bool = False
+    is_label: bool = False
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return self.data.shape[:-1] if self.rgb else self.data.shape
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+def suffix_of(path: str | os.PathLike) -> str:
+    name = Path(path).name.lower()
+    for s in READ_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return Path(name).suffix
+
+
+def stem_of(path: str | os.PathLike) -> str:
+    name = Path(path).name
+    s = suffix_of(path)
+    return name[: len(name) - len(s)] if name.lower().endswith(s) else Path(name).stem
+
+
+def looks_like_label_file(path: str | os.PathLike) -> bool:
+    """True when the file name or its folder says it holds a label map."""
+    p = Path(path)
+    words = {w for w in _split_words(stem_of(p))}
+    return bool(words & _LABEL_WORDS) or p.parent.name.lower() in _LABEL_WORDS \
+        or stem_of(p).lower().endswith(("_1stho", "_2ndho"))
+
+
+def _split_words(text: str) -> list[str]:
+    out, cur = [], ""
+    for ch in text.lower():
+        if ch.isalnum():
+            cur += ch
+        else:
+            if cur:
+                out.append(cur)
+            cur = ""
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"File not found: {path}.")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not an image file.")
+
+
+def _unsupported(path: Path, allowed=READ_SUFFIXES) -> InputError:
+    return InputError(
+        f"Unsupported file type '{suffix_of(path) or path.name}' for {path.name}: "
+        f"use one of {', '.join(allowed)}."
+    )
+
+
+def _corrupt(path: Path, err: Exception) -> InputError:
+    return InputError(f"Could not read {path.name}: the file is corrupt or truncated ({type(err).__name__}).")
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+def read_image(path: str | os.PathLike, *, as_labels: bool | None = None) -> LoadedImage:
+    """Read an image or label file into display order.
+
+    ``as_labels=None`` decides from the file name; ``True`` validates the array as a label map.
+    """
+    path = Path(path)
+    _check_exists(path)
+    suffix = suffix_of(path)
+    if suffix in NIFTI_SUFFIXES:
+        loaded = _read_nifti(path)
+    elif suffix in TIFF_SUFFIXES:
+        loaded = _read_tiff(path)
+    elif suffix in PHOTO_SUFFIXES:
+        loaded = _read_photo(path)
+    elif suffix in HDF5_SUFFIXES:
+        image, label = read_h5(path)
+        key_label = as_labels if as_labels is not None else False
+        arr = label if key_label else image
+        if arr is None:
+            raise InputError(f"{path.name} has no '{'label' if key_label else 'image'}' dataset.")
+        loaded = LoadedImage(arr, SourceInfo(str(path), "hdf5", (1.0,) * arr.ndim))
+    else:
+        raise _unsupported(path)
+
+    if as_labels is None:
+        as_labels = looks_like_label_file(path) and not loaded.rgb
+    if as_labels:
+        if loaded.rgb:
+            raise InputError(f"{path.name} is an RGB image and cannot be used as a label map.")
+        loaded.data = validate_labels(loaded.data, name=path.name)
+        loaded.is_label = True
+    return loaded
+
+
+def read_labels(path: str | os.PathLike) -> LoadedImage:
+    return read_image(path, as_labels=True)
+
+
+def _check_dims(path: Path, data: np.ndarray, rgb: bool) -> None:
+    spatial = data.ndim - (1 if rgb else 0)
+    if spatial > 3:
+        raise InputError(
+            f"{path.name} has {data.ndim} dimensions {tuple(data.shape)}; only 2D and 3D images "
+            "(optionally RGB) are supported: split 4D series into single volumes first."
+        )
+    if spatial < 2:
+        raise InputError(f"{path.name} has shape {tuple(data.shape)}; an image needs at least 2 dimensions.")
+
+
+def _read_nifti(path: Path) -> LoadedImage:
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except (ImageFileError, EOFError, OSError, zlib.error, ValueError) as err:
+        raise _corrupt(path, err) from None
+    # drop trailing singleton axes (e.g. x, y, z, 1) but keep true 4D series as an error
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    _check_dims(path, data, rgb=False)
+    affine = np.asarray(img.affine, dtype=float)
+    zooms = tuple(float(z) for z in img.header.get_zooms()[: data.ndim])
+    file_shape = tuple(int(s) for s in data.shape)
+    header = {"descrip": _decode(img.header.get("descrip")), "qform_code": int(img.header["qform_code"]),
+              "sform_code": int(img.header["sform_code"]), "datatype": str(img.get_data_dtype())}
+
+    if data.ndim == 3:
+        to_display = _nifti_to_display(affine)
+        display = _apply_to_display(data, to_display)
+        spacing = tuple(zooms[a] for a, _ in to_display)
+    else:  # 2D: (x, y) -> rows y, columns x
+        to_display = [(1, False), (0, False)]
+        display = data.T
+        spacing = (zooms[1], zooms[0])
+    src = SourceInfo(str(path), "nifti", spacing, affine, file_shape, to_display, header)
+    return LoadedImage(np.ascontiguousarray(display), src)
+
+
+def _decode(value) -> str:
+    try:
+        return bytes(np.asarray(value).item()).decode("latin-1").strip("\x00 ")
+    except Exception:  # header field absent or odd: not worth failing a read over
+        return ""
+
+
+def _nifti_to_display(affine: np.ndarray) -> list[tuple[int, bool]]:
+    """For each display axis (z, y, x in LPS), the file axis it comes from and whether it is flipped."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)  # file axis i -> (world axis, direction) in RAS
+    lps_sign = (-1, -1, 1)  # L = -R, P = -A, S = +S
+    by_world = {}
+    for file_axis, (world_axis, direction) in enumerate(ornt):
+        world_axis = int(world_axis)
+        flip = int(direction) != lps_sign[world_axis]
+        by_world[world_axis] = (file_axis, flip)
+    # display order z (S), y (P), x (L)
+    return [by_world[2], by_world[1], by_world[0]]
+
+
+def _apply_to_display(data: np.ndarray, to_display: list[tuple[int, bool]]) -> np.ndarray:
+    out = np.transpose(data, [a for a, _ in to_display])
+    for i, (_, flip) in enumerate(to_display):
+        if flip:
+            out = np.flip(out, axis=i)
+    return out
+
+
+def _undo_display(data: np.ndarray, to_display: list[tuple[int, bool]]) -> np.ndarray:
+    out = data
+    for i, (_, flip) in enumerate(to_display):
+        if flip:
+            out = np.flip(out, axis=i)
+    inverse = np.argsort([a for a, _ in to_display])
+    return np.transpose(out, inverse)
+
+
+def _read_tiff(path: Path) -> LoadedImage:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            data = tif.asarray()
+            spacing = _tiff_spacing(tif, data)
+    except (tifffile.TiffFileError, EOFError, OSError, ValueError, zlib.error) as err:
+        raise _corrupt(path, err) from None
+    data = np.squeeze(data) if data.ndim > 3 else data
+    rgb = data.ndim >= 3 and data.shape[-1] in (3, 4) and data.dtype == np.uint8
+    if rgb and data.shape[-1] == 4:
+        data = data[..., :3]
+    _check_dims(path, data, rgb)
+    ndim = data.ndim - (1 if rgb else 0)
+    spacing = spacing[-ndim:] if len(spacing) >= ndim else (1.0,) * ndim
+    return LoadedImage(data, SourceInfo(str(path), "tiff", tuple(spacing)), rgb=rgb)
+
+
+def _tiff_spacing(tif, data) -> tuple[float, ...]:
+    """Pixel spacing from ImageJ metadata or resolution tags; 1.0 where unknown."""
+    try:
+        page = tif.pages[0]
+        xres = page.tags.get("XResolution")
+        yres = page.tags.get("YResolution")
+        sx = xres.value[1] / xres.value[0] if xres and xres.value[0] else 1.0
+        sy = yres.value[1] / yres.value[0] if yres and yres.value[0] else 1.0
+        sz = float((tif.imagej_metadata or {}).get("spacing", 1.0))
+        # resolution 1/1 is the "unknown" default
+        return (sz, sy, sx)
+    except Exception:  # malformed tags: fall back to unit spacing
+        return (1.0, 1.0, 1.0)
+
+
+def _read_photo(path: Path) -> LoadedImage:
+    import imageio.v3 as iio
+
+    try:
+        data = np.asarray(iio.imread(str(path)))
+    except Exception as err:  # imageio raises many types for broken files
+        raise _corrupt(path, err) from None
+    if data.ndim == 3 and data.shape[-1] == 4:
+        data = data[..., :3]
+    if data.ndim == 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    rgb = data.ndim == 3 and data.shape[-1] == 3
+    if rgb and np.array_equal(data[..., 0], data[..., 1]) and np.array_equal(data[..., 0], data[..., 2]):
+        data, rgb = data[..., 0], False  # grey stored as RGB
+    if data.ndim != 2 and not rgb:
+        raise InputError(f"{path.name} has shape {data.shape}; a PNG/JPEG must be a 2D grey or RGB image.")
+    return LoadedImage(data, SourceInfo(str(path), "photo", (1.0, 1.0)), rgb=rgb)
+
+
+def read_h5(path: str | os.PathLike) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Read an SSL4MIS-style HDF5 file: ``image`` (float in [0, 1]) and ``label`` (uint8)."""
+    import h5py
+
+    path = Path(path)
+    _check_exists(path)
+    try:
+        with h5py.File(str(path), "r") as f:
+            image = np.asarray(f["image"]) if "image" in f else None
+            label = np.asarray(f["label"]) if "label" in f else None
+    except (OSError, KeyError, ValueError) as err:
+        raise _corrupt(path, err) from None
+    if image is None and label is None:
+        raise InputError(f"{path.name} has neither an 'image' nor a 'label' dataset (SSL4MIS layout).")
+    for arr in (image, label):
+        if arr is not None:
+            _check_dims(path, arr, rgb=False)
+    if image is not None and label is not None and image.shape != label.shape:
+        raise InputError(f"In {path.name} the image {image.shape} and label {label.shape} shapes differ.")
+    if label is not None:
+        label = validate_labels(label, name=path.name)
+    return image, label
+
+
+@dataclass
+class SSL4MISSplit:
+    """An SSL4MIS-layout data folder: ``data/`` with h5 files and the split lists."""
+
+    root: Path
+    train_slices: list[str]
+    val: list[str]
+    test: list[str]
+
+    def slice_path(self, name: str) -> Path:
+        return self.root / "data" / "slices" / f"{name}.h5"
+
+    def volume_path(self, name: str) -> Path:
+        return self.root / "data" / f"{name}.h5"
+
+
+def read_ssl4mis_split(root: str | os.PathLike) -> SSL4MISSplit:
+    root = Path(root)
+    if not (root / "data").is_dir():
+        raise InputError(f"{root} is not an SSL4MIS data folder: it has no data/ subfolder.")
+
+    def read_list(name: str, required: bool) -> list[str]:
+        p = root / name
+        if not p.exists():
+            if required:
+                raise InputError(f"{root} is missing {name}.")
+            return []
+        return [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+
+    return SSL4MISSplit(root, read_list("train_slices.list", True), read_list("val.list", False),
+                        read_list("test.list", True))
+
+
+def validate_labels(data: np.ndarray, *, name: str = "the label map") -> np.ndarray:
+    """Return a label map as the smallest unsigned integer type; reject what is not one."""
+    data = np.asarray(data)
+    if data.dtype == bool:
+        return data.astype(np.uint8)
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+        raise InputError(f"{name} has data type {data.dtype}; a label map must hold whole numbers.")
+    if data.size == 0:
+        raise InputError(f"{name} is empty.")
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.all(np.isfinite(data)):
+            raise InputError(f"{name} contains NaN or infinite values; a label map must hold whole numbers.")
+        if not np.all(data == np.round(data)):
+            raise InputError(f"{name} holds non-integer values; a label map must hold whole numbers "
+                             "(is it an image rather than labels?).")
+    lo, hi = data.min(), data.max()
+    if lo < 0:
+        raise InputError(f"{name} contains negative labels (minimum {lo}); labels must be 0 or more.")
+    return data.astype(smallest_label_dtype(int(hi)), copy=False)
+
+
+def smallest_label_dtype(max_label: int) -> np.dtype:
+    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if max_label <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    raise InputError(f"Label value {max_label} is too large.")
+
+
+def check_same_shape(image: LoadedImage, labels: LoadedImage) -> None:
+    if tuple(image.spatial_shape) != tuple(labels.data.shape):
+        raise InputError(
+            f"The image {Path(image.source.path).name} has shape {tuple(image.spatial_shape)} but the "
+            f"label map {Path(labels.source.path).name} has shape {tuple(labels.data.shape)}; they must match."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray, source: SourceInfo | None = None,
+                 *, spacing: tuple[float, ...] | None = None, overwrite: bool = True) -> Path:
+    """Write a label map (display order) to NIfTI or TIFF, atomically.
+
+    With a NIfTI ``source`` the mask goes back to the file's voxel grid with its affine, so it
+    overlays the scan in other viewers. The dtype is the smallest unsigned type that holds it.
+    """
+    path = Path(path)
+    suffix = suffix_of(path)
+    if suffix not in LABEL_WRITE_SUFFIXES:
+        raise _unsupported(path, LABEL_WRITE_SUFFIXES)
+    if labels.ndim not in (2, 3):
+        raise InputError(f"Labels of shape {labels.shape} cannot be exported: 2D or 3D only.")
+    labels = validate_labels(labels, name="The labels to export")
+    if source is not None and source.path and _same_file(path, Path(source.path)):
+        raise InputError(f"Refusing to overwrite {path.name}: it is the image these labels were drawn on. "
+                         "Choose another file name.")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} already exists.")
+    if not path.parent.exists():
+        raise InputError(f"The folder {path.parent} does not exist.")
+
+    if suffix in NIFTI_SUFFIXES:
+        writer = lambda tmp: _write_nifti(tmp, labels, source, spacing)  # noqa: E731
+    else:
+        writer = lambda tmp: _write_tiff(tmp, labels)  # noqa: E731
+    _atomic_write(path, suffix, writer)
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _atomic_write(path: Path, suffix: str, writer) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=str(path.parent))
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_tiff(tmp: str, labels: np.ndarray) -> None:
+    import tifffile
+
+    tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack", metadata=None)
+
+
+def _write_nifti(tmp: str, labels: np.ndarray, source: SourceInfo | None, spacing) -> None:
+    import nibabel as nib
+
+    if source is not None and source.format == "nifti" and source.to_display is not None:
+        data = _undo_display(labels, source.to_display) if labels.ndim == 3 else labels.T
+        if source.file_shape is not None and tuple(data.shape) != tuple(source.file_shape):
+            raise InputError(f"The labels have shape {labels.shape} but the scan {Path(source.path).name} "
+                             f"has {tuple(source.file_shape)} voxels; they must match.")
+        affine = np.asarray(source.affine, float)
+        img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+        img.set_qform(affine, code=max(1, int(source.header.get("qform_code", 1))))
+        img.set_sform(affine, code=max(1, int(source.header.get("sform_code", 1))))
+    else:
+        # No scan to align to: store display (z, y, x) as LPS voxels with the given spacing.
+        sp = tuple(spacing) if spacing else (source.spacing if source is not None and source.spacing else None)
+        sp = sp or (1.0,) * labels.ndim
+        if labels.ndim == 3:
+            data = np.transpose(labels, (2, 1, 0))
+            affine = np.diag([-sp[2], -sp[1], sp[0], 1.0])
+        else:
+            data = labels.T
+            affine = np.diag([-sp[1], -sp[0], 1.0, 1.0])
+        img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+    img.set_data_dtype(labels.dtype)
+    img.header["descrip"] = b"napari-semiseg labels"
+    nib.save(img, tmp)

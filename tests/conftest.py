@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+HIPPO = SHARED_DATA / "hippocampus_msd"
+CHASE = SHARED_DATA / "chase_db1"
+
+
+@pytest.fixture
+def hippo_case():
+    """A real MSD hippocampus volume and its labels from ../shared/data (skipped when absent)."""
+    img = HIPPO / "images" / "hippocampus_003.nii.gz"
+    lab = HIPPO / "labels" / "hippocampus_003.nii.gz"
+    if not (img.exists() and lab.exists()):
+        pytest.skip("../shared/data/hippocampus_msd is not available")
+    return img, lab
+
+
+@pytest.fixture
+def chase_case():
+    img = CHASE / "images" / "Image_01L.jpg"
+    lab = CHASE / "manual" / "Image_01L_1stHO.png"
+    if not (img.exists() and lab.exists()):
+        pytest.skip("../shared/data/chase_db1 is not available")
+    return img, lab
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    import nibabel as nib
+
+    affine = np.eye(4) if affine is None else affine
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
