@@ -1,4 +1,4 @@
-"""Command line: ``napari-semiseg demo | evaluate`` (train, predict and benchmark come with the engine)."""
+"""Command line: ``napari-semiseg train | predict | evaluate | benchmark | demo``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from . import __version__
 from .core.io import InputError
@@ -21,6 +23,30 @@ def _parser() -> argparse.ArgumentParser:
                                        "(headless without a display)")
     demo.add_argument("--headless", action="store_true", help="run without a window even if a display exists")
     demo.add_argument("--out", default="semiseg-output", help="output folder for the headless run")
+    demo.add_argument("--seconds", type=float, default=45.0, help="training time of the headless run")
+
+    tr = sub.add_parser("train", help="train on an image from its labeled slices (and its unlabeled rest)")
+    tr.add_argument("image", help="image (NIfTI, TIFF, PNG/JPEG)")
+    tr.add_argument("--labels", required=True, help="label map of the same shape")
+    which = tr.add_mutually_exclusive_group()
+    which.add_argument("--labeled-slices", help="comma-separated slice indices whose labels are trusted "
+                                                 "(labels elsewhere are ignored); default: every slice with a label")
+    which.add_argument("--labeled", choices=["all"], help="'all': every slice is labeled (background included)")
+    tr.add_argument("--axis", type=int, default=0, help="slice axis of a 3D image (display order z, y, x; default 0)")
+    tr.add_argument("--method", default="mean-teacher", help=f"one of {', '.join(_method_names())}")
+    budget = tr.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="training time budget")
+    budget.add_argument("--iterations", type=int, help="training step budget")
+    _add_engine_options(tr)
+    tr.add_argument("--resume", metavar="MODEL", help="continue training a saved model")
+    tr.add_argument("--out", default="semiseg-model", help="folder for the model, masks and uncertainty map")
+
+    pr = sub.add_parser("predict", help="apply a saved model to an image")
+    pr.add_argument("model", help="the folder `train --out` wrote, or its config.json / model.safetensors")
+    pr.add_argument("image")
+    pr.add_argument("--out", required=True, help="mask file (.nii.gz, .nii, .tif)")
+    pr.add_argument("--uncertainty", metavar="MAP", help="also write the uncertainty map (.nii.gz or .tif, float32)")
+    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
     ev = sub.add_parser("evaluate", help="per-class Dice, Jaccard, HD95 and ASD of a prediction against a reference")
     ev.add_argument("pred", help="predicted label map (NIfTI or TIFF)")
@@ -28,7 +54,71 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--mm", action="store_true",
                     help="distances in mm from the reference's voxel spacing (default: voxels, as the field reports)")
     ev.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
+
+    bm = sub.add_parser("benchmark", help="measure methods on real data (dataset or session protocol)")
+    bm.add_argument("data", help="folder with images/ and labels/ (NIfTI/TIFF), or an SSL4MIS HDF5 folder")
+    bm.add_argument("--protocol", required=True, choices=["dataset", "session"])
+    bm.add_argument("--methods", default="supervised,mean-teacher", help="comma-separated method names")
+    bm.add_argument("--axis", type=int, default=0, help="slice axis of 3D volumes (display order)")
+    bm.add_argument("--volumes", type=int, help="session: use the first N volumes (sorted names)")
+    bm.add_argument("--k", type=int, default=3, help="session: labeled slices per volume")
+    bm.add_argument("--seconds", type=float, default=60.0, help="session: training seconds per method and volume")
+    bm.add_argument("--anisotropic", type=int, default=1, metavar="STEP",
+                    help="session: keep every STEP-th slice along the axis (thick slices)")
+    bm.add_argument("--warm-start", action="store_true",
+                    help="session: start each volume from a model trained on the other volumes (dataset-style, "
+                         "--warm-minutes on the volumes not in the session set)")
+    bm.add_argument("--warm-minutes", type=float, default=5.0)
+    bm.add_argument("--minutes", type=float, default=10.0, help="dataset: training budget per method")
+    bm.add_argument("--iterations", type=int, help="dataset: step budget instead of minutes")
+    bm.add_argument("--labeled-fraction", type=float, default=0.1, help="dataset: fraction of training volumes labeled")
+    bm.add_argument("--labeled-slices", type=int, default=136, help="SSL4MIS: first N slices of train_slices.list")
+    bm.add_argument("--max-test", type=int, help="dataset: evaluate on at most N test volumes")
+    _add_engine_options(bm)
+    bm.add_argument("--json", metavar="FILE", help="write all results as JSON")
     return p
+
+
+def _method_names() -> list[str]:
+    from .core.methods import METHODS
+
+    return list(METHODS)
+
+
+def _add_engine_options(p) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--threads", type=int, help="CPU threads for training (default: all cores)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other engine setting (e.g. --set batch_size=16, --set context=0, "
+                        "--set method.consistency=0.5); repeatable")
+
+
+def _config_from(args, **overrides):
+    from .core.trainer import TrainConfig
+
+    cfg = TrainConfig(device=args.device, threads=args.threads, precision=args.precision, seed=args.seed,
+                      **overrides)
+    for item in args.set:
+        if "=" not in item:
+            raise InputError(f"--set takes KEY=VALUE, not '{item}'.")
+        key, raw = item.split("=", 1)
+        value = _parse_value(raw)
+        if key.startswith("method."):
+            cfg.method_settings[key[len("method."):]] = value
+        elif key in TrainConfig.__dataclass_fields__:
+            setattr(cfg, key, value)
+        else:
+            raise InputError(f"Unknown setting '{key}'; known: {', '.join(TrainConfig.__dataclass_fields__)}.")
+    return cfg
+
+
+def _parse_value(raw: str):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return 0
     try:
-        return {"demo": cmd_demo, "evaluate": cmd_evaluate}[args.command](args)
+        return {"demo": cmd_demo, "evaluate": cmd_evaluate, "train": cmd_train, "predict": cmd_predict,
+                "benchmark": cmd_benchmark}[args.command](args)
     except InputError as err:
         print(f"napari-semiseg: error: {err}", file=sys.stderr)
         return 2
@@ -68,6 +159,173 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _load_pair(image_path, labels_path):
+    from .core.io import check_same_shape, read_image, read_labels
+
+    image = read_image(image_path, as_labels=False)
+    labels = read_labels(labels_path)
+    check_same_shape(image, labels)
+    return image, labels
+
+
+def cmd_train(args) -> int:
+    from .core.io import write_float_map, write_labels
+    from .core.trainer import Trainer
+    from .core.volume import Volume, labeled_slices_from_labels
+
+    image, labels = _load_pair(args.image, args.labels)
+    ndim = len(image.spatial_shape)
+    axis = args.axis if ndim == 3 else 0
+    if ndim == 3 and not 0 <= axis < 3:
+        raise InputError(f"--axis {axis} does not exist: a 3D image has axes 0, 1 and 2.")
+    n_slices = image.spatial_shape[axis] if ndim == 3 else 1
+    lab = labels.data
+    if args.labeled == "all":
+        labeled = set(range(n_slices))
+    elif args.labeled_slices:
+        try:
+            labeled = {int(s) for s in args.labeled_slices.split(",") if s.strip()}
+        except ValueError:
+            raise InputError(f"--labeled-slices takes comma-separated integers, not '{args.labeled_slices}'.") from None
+        # labels of other slices are ignored: hide them so they cannot leak into training
+        hidden = np.zeros_like(lab)
+        idx = [slice(None)] * lab.ndim
+        for i in labeled:
+            if not 0 <= i < n_slices:
+                raise InputError(f"Labeled slice {i} is outside the image (0 to {n_slices - 1}).")
+            idx[axis] = i
+            hidden[tuple(idx)] = lab[tuple(idx)]
+        lab = hidden
+    else:
+        labeled = labeled_slices_from_labels(lab, axis)
+    if not labeled:
+        raise InputError("The label map is empty: label at least one slice, or name slices with --labeled-slices.")
+    if args.minutes is None and args.iterations is None and args.resume is None:
+        args.minutes = 1.0
+    volume = Volume(image.data, lab, labeled, axis=axis, channels=image.rgb, name=Path(args.image).name,
+                    spacing=image.source.spacing)
+    cfg = _config_from(args, method=args.method, minutes=args.minutes, iterations=args.iterations)
+    out = Path(args.out)
+    trainer = Trainer([volume], cfg, resume_from=args.resume, out_dir=out)
+    print(f"Training {cfg.method} on {Path(args.image).name} {image.spatial_shape}: {len(labeled)} labeled "
+          f"slice(s) along axis {axis}, {trainer.device.type} ({trainer.precision}), "
+          f"{'%.1f min' % cfg.minutes if cfg.minutes else '%d iterations' % cfg.iterations}.")
+    report = trainer.train(progress_bar=True)
+    pred = report.prediction[0]
+    mask = write_labels(out / "mask.nii.gz" if image.source.format == "nifti" else out / "mask.tif", pred.labels,
+                        image.source)
+    unc = write_float_map(out / ("uncertainty.nii.gz" if image.source.format == "nifti" else "uncertainty.tif"),
+                             pred.uncertainty, image.source)
+    print(f"{report.iteration} iterations in {report.elapsed:.0f} s. Model: {out.resolve()}")
+    print(f"Mask: {mask.resolve()}\nUncertainty: {unc.resolve()}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .core.io import read_image, write_float_map, write_labels
+    from .core.trainer import load_method, predict_with_model, volume_for_model
+
+    _, meta = load_method(args.model)
+    image = read_image(args.image, as_labels=False)
+    volume = volume_for_model(image.data, meta, channels=image.rgb, name=Path(args.image).name)
+    pred = predict_with_model(args.model, volume, device=args.device)
+    written = write_labels(args.out, pred.labels, image.source)
+    print(f"Mask: {written.resolve()}")
+    if args.uncertainty:
+        print(f"Uncertainty: {write_float_map(Path(args.uncertainty), pred.uncertainty, image.source).resolve()}")
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    from .core import benchmark as bm
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        if m not in _method_names():
+            raise InputError(f"Unknown method '{m}': choose from {', '.join(_method_names())}.")
+    cfg = _config_from(args)
+    data = Path(args.data)
+    if not data.exists():
+        raise InputError(f"Data folder not found: {data}.")
+    if args.protocol == "dataset":
+        if (data / "train_slices.list").exists():
+            train, test = bm.load_ssl4mis(data, args.labeled_slices)
+            result = bm.run_dataset_volumes(train, test[: args.max_test] if args.max_test else test, methods,
+                                            axis=args.axis, minutes=args.minutes, iterations=args.iterations,
+                                            base_config=cfg, progress=True)
+        else:
+            result = bm.run_dataset(bm.load_cases(data), methods, axis=args.axis, minutes=args.minutes,
+                                    iterations=args.iterations, labeled_fraction=args.labeled_fraction,
+                                    max_test=args.max_test, base_config=cfg, progress=True)
+        _print_dataset(result)
+    else:
+        result = _session(args, bm, methods, cfg, data)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=_json_default))
+        print(f"results written to {args.json}")
+    return 0
+
+
+def _session(args, bm, methods, cfg, data) -> dict:
+    from tqdm import tqdm
+
+    cases = bm.load_cases(data)
+    session_cases = cases[: args.volumes] if args.volumes else cases
+    warm = None
+    if args.warm_start:
+        others = cases[len(session_cases):] or cases[:1]
+        warm = {}
+        for m in methods:
+            vols = [bm.Volume(c.image, c.labels, set(range(c.labels.shape[args.axis])), axis=args.axis,
+                              channels=c.channels) for c in others[:20]]
+            from dataclasses import replace
+
+            from .core.trainer import Trainer
+
+            out = Path(args.json or "benchmark").with_suffix("") .parent / f".warm-{m}"
+            Trainer(vols, replace(cfg, method=m, minutes=args.warm_minutes, iterations=None, final_prediction=False),
+                    out_dir=out).train()
+            warm[m] = str(out)
+    rows = []
+    for c in tqdm(session_cases, desc="volumes", unit="vol"):
+        if args.anisotropic > 1:
+            c = bm.make_anisotropic(c, args.axis, args.anisotropic)
+        r = bm.run_session(c, methods, k=args.k, axis=args.axis, seconds=args.seconds, base_config=cfg,
+                           warm_start=warm)
+        rows.append(r)
+        tqdm.write(f"{r.case}: interpolation {r.interpolation:.3f} " +
+                   " ".join(f"{m} {v['dice']:.3f} (student {v['student_dice']:.3f}, {v['iterations']} it)"
+                            for m, v in r.methods.items()))
+    mean = {"interpolation": float(np.mean([r.interpolation for r in rows]))}
+    for m in methods:
+        mean[m] = float(np.mean([r.methods[m]["dice"] for r in rows]))
+        mean[m + " (student)"] = float(np.mean([r.methods[m]["student_dice"] for r in rows]))
+    print("mean Dice on unlabeled slices: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
+    return {"protocol": "session", "k": args.k, "seconds": args.seconds, "axis": args.axis,
+            "anisotropic_step": args.anisotropic, "warm_start": bool(args.warm_start),
+            "volumes": [r.__dict__ for r in rows], "mean": mean}
+
+
+def _print_dataset(result: dict) -> None:
+    print(f"train volumes {result['n_train_volumes']} ({result['n_labeled_volumes']} labeled), "
+          f"test volumes {len(result['test'])}")
+    for m, r in result["methods"].items():
+        for which in ("teacher", "student"):
+            mean = r[which]["mean"]
+            print(f"{m:>14} {which:>7}: Dice {mean['dice']:.4f} Jaccard {mean['jaccard']:.4f} "
+                  f"HD95 {mean['hd95']:.2f} ASD {mean['asd']:.2f}  ({r['iterations']} it, {r['seconds']} s)")
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, set):
+        return sorted(o)
+    raise TypeError(type(o).__name__)
+
+
 def has_display() -> bool:
     if sys.platform in ("darwin", "win32"):
         return True
@@ -78,7 +336,7 @@ def cmd_demo(args) -> int:
     if args.headless or not has_display():
         from .demo import run_headless
 
-        run_headless(Path(args.out))
+        run_headless(Path(args.out), seconds=args.seconds)
         return 0
     from .napari.demo import run_viewer
 

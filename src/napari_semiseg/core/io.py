@@ -505,3 +505,27 @@ def _write_nifti(tmp: str, labels: np.ndarray, source: SourceInfo | None, spacin
     img.set_data_dtype(labels.dtype)
     img.header["descrip"] = b"napari-semiseg labels"
     nib.save(img, tmp)
+
+
+def write_float_map(path: str | os.PathLike, data: np.ndarray, source: SourceInfo | None = None) -> Path:
+    """Write a float32 map (e.g. uncertainty) on the scan's grid: NIfTI with its affine, or TIFF."""
+    path = Path(path)
+    suffix = suffix_of(path)
+    data = np.asarray(data, np.float32)
+    if suffix in NIFTI_SUFFIXES:
+        import nibabel as nib
+
+        if source is not None and source.format == "nifti" and source.to_display is not None:
+            grid = _undo_display(data, source.to_display) if data.ndim == 3 else data.T
+            affine = np.asarray(source.affine, float)
+        else:
+            grid = np.transpose(data, (2, 1, 0)) if data.ndim == 3 else data.T
+            affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+        _atomic_write(path, suffix, lambda tmp: nib.save(nib.Nifti1Image(np.ascontiguousarray(grid), affine), tmp))
+    elif suffix in TIFF_SUFFIXES:
+        import tifffile
+
+        _atomic_write(path, suffix, lambda tmp: tifffile.imwrite(tmp, data))
+    else:
+        raise _unsupported(path, LABEL_WRITE_SUFFIXES)
+    return path

@@ -1,0 +1,206 @@
+"""The two evaluation protocols: the field's ``dataset`` protocol and the clinician's ``session``."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .inference import predict_volume
+from .interpolation import interpolate_labels
+from .io import (NIFTI_SUFFIXES, TIFF_SUFFIXES, InputError, read_h5, read_image, read_labels,
+                 read_ssl4mis_split, stem_of, suffix_of)
+from .metrics import mean_metrics, per_class_metrics, summarise
+from .trainer import TrainConfig, Trainer
+from .volume import Volume
+
+
+@dataclass
+class Case:
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+    channels: bool = False
+    spacing: tuple[float, ...] | None = None
+
+
+def load_cases(data: str | os.PathLike) -> list[Case]:
+    """A folder with matching ``images/`` and ``labels/`` (NIfTI or TIFF), sorted by name."""
+    root = Path(data)
+    if (root / "data").is_dir() and (root / "train_slices.list").exists():
+        raise InputError(f"{root} is an SSL4MIS HDF5 folder: use load_ssl4mis instead.")
+    img_dir, lab_dir = root / "images", root / "labels"
+    if not img_dir.is_dir() or not lab_dir.is_dir():
+        raise InputError(f"{root} needs images/ and labels/ subfolders with matching file names.")
+    cases = []
+    for p in sorted(img_dir.iterdir()):
+        if suffix_of(p) not in NIFTI_SUFFIXES + TIFF_SUFFIXES:
+            continue
+        lab = next((q for q in lab_dir.iterdir() if stem_of(q) == stem_of(p)), None)
+        if lab is None:
+            raise InputError(f"{p.name} has no label map of the same name in {lab_dir}.")
+        img = read_image(p, as_labels=False)
+        labels = read_labels(lab)
+        if labels.data.shape != img.spatial_shape:
+            raise InputError(f"{p.name} {img.spatial_shape} and its labels {labels.data.shape} differ in shape.")
+        cases.append(Case(stem_of(p), img.data, labels.data, img.rgb, img.source.spacing))
+    if not cases:
+        raise InputError(f"No NIfTI or TIFF images in {img_dir}.")
+    return cases
+
+
+def make_anisotropic(case: Case, axis: int, step: int = 3) -> Case:
+    """Keep every ``step``-th slice along ``axis``: thick-slice acquisition from an isotropic scan."""
+    idx = np.arange(0, case.image.shape[axis], step)
+    spacing = None
+    if case.spacing:
+        spacing = tuple(s * step if a == axis else s for a, s in enumerate(case.spacing))
+    return Case(f"{case.name}_every{step}", np.take(case.image, idx, axis=axis),
+                np.take(case.labels, idx, axis=axis), case.channels, spacing)
+
+
+# --------------------------------------------------------------------------------------------- session
+
+def evenly_spaced_slices(labels: np.ndarray, axis: int, k: int) -> list[int]:
+    """K slices evenly spaced inside the labeled structure's extent (its end slices excluded)."""
+    other = tuple(a for a in range(labels.ndim) if a != axis)
+    fg = np.flatnonzero(np.any(labels > 0, axis=other))
+    if len(fg) == 0:
+        raise InputError("The reference labels are empty: nothing to place slices on.")
+    pos = np.linspace(fg.min(), fg.max(), k + 2)[1:-1]
+    return sorted({int(round(p)) for p in pos})
+
+
+def unlabeled_dice(pred: np.ndarray, ref: np.ndarray, labeled: list[int], axis: int, classes) -> float:
+    """Mean foreground-class Dice over the slices the user did not label."""
+    keep = [i for i in range(ref.shape[axis]) if i not in set(labeled)]
+    p = np.take(pred, keep, axis=axis)
+    r = np.take(ref, keep, axis=axis)
+    return mean_metrics(per_class_metrics(p, r, classes=classes))["dice"]
+
+
+@dataclass
+class SessionResult:
+    case: str
+    labeled: list[int]
+    interpolation: float
+    methods: dict[str, dict] = field(default_factory=dict)
+
+
+def run_session(case: Case, methods: list[str], *, k: int = 3, axis: int = 0, seconds: float = 60.0,
+                base_config: TrainConfig | None = None, warm_start: dict[str, str] | None = None,
+                uncertainty_round: bool = False) -> SessionResult:
+    """One volume: K labeled slices, a time budget per method, Dice on the other slices.
+
+    With ``uncertainty_round`` the budget is split: half with K-1 evenly spaced slices, then the
+    teacher's most uncertain unlabeled slice is added (as the widget's "next uncertain slice" does).
+    """
+    classes = [c for c in np.unique(case.labels) if c != 0]
+    labeled = evenly_spaced_slices(case.labels, axis, k)
+    interp = interpolate_labels(case.labels, labeled, axis=axis)
+    result = SessionResult(case.name, labeled, unlabeled_dice(interp, case.labels, labeled, axis, classes))
+    cfg0 = base_config or TrainConfig()
+    for name in methods:
+        cfg = replace(cfg0, method=name, minutes=seconds / 60.0, iterations=None)
+        masked = np.zeros_like(case.labels)
+        idx = [slice(None)] * case.labels.ndim
+        for i in labeled:
+            idx[axis] = i
+            masked[tuple(idx)] = case.labels[tuple(idx)]
+        vol = Volume(case.image, masked, set(labeled), axis=axis, channels=case.channels, name=case.name)
+        resume = (warm_start or {}).get(name)
+        t0 = time.perf_counter()
+        trainer = Trainer([vol], cfg, resume_from=resume)
+        report = trainer.train()
+        teacher = report.prediction[0].labels
+        student = predict_volume(trainer.method.student, vol, trainer.canvas, trainer.context,
+                                 device=trainer.device, precision=trainer.precision,
+                                 channels_last=trainer.channels_last).labels
+        result.methods[name] = {
+            "dice": unlabeled_dice(teacher, case.labels, labeled, axis, classes),
+            "student_dice": unlabeled_dice(student, case.labels, labeled, axis, classes),
+            "iterations": report.iteration,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+    return result
+
+
+# --------------------------------------------------------------------------------------------- dataset
+
+def split_cases(cases: list[Case], train_fraction: float = 0.8, labeled_fraction: float = 0.1):
+    """Sorted names: the first ``train_fraction`` train (of which the first ``labeled_fraction`` labeled)."""
+    n_train = max(1, int(round(len(cases) * train_fraction)))
+    train, test = cases[:n_train], cases[n_train:]
+    n_lab = max(1, int(round(n_train * labeled_fraction)))
+    if not test:
+        raise InputError("No test volumes left: the data set needs at least two volumes.")
+    return train[:n_lab], train[n_lab:], test
+
+
+def run_dataset(cases: list[Case], methods: list[str], *, axis: int = 0, labeled_fraction: float = 0.1,
+                train_fraction: float = 0.8, max_test: int | None = None, **kwargs) -> dict:
+    """Sorted cases: the first 80 % train (10 % of those labeled, the rest unlabeled), the rest test."""
+    labeled, unlabeled, test = split_cases(cases, train_fraction, labeled_fraction)
+    vols = [Volume(c.image, c.labels, set(range(c.labels.shape[axis] if c.labels.ndim == 3 else 1)),
+                   axis=axis, channels=c.channels, name=c.name) for c in labeled]
+    vols += [Volume(c.image, None, set(), axis=axis, channels=c.channels, name=c.name) for c in unlabeled]
+    out = run_dataset_volumes(vols, test[:max_test] if max_test else test, methods, axis=axis, **kwargs)
+    out["labeled"] = [c.name for c in labeled]
+    return out
+
+
+def run_dataset_volumes(train: list[Volume], test: list[Case], methods: list[str], *, axis: int = 0,
+                        minutes: float | None = 10.0, iterations: int | None = None,
+                        base_config: TrainConfig | None = None, progress=None) -> dict:
+    """Train each method on the same volumes and budget; metrics of teacher and student on ``test``."""
+    classes = sorted({int(c) for case in test for c in np.unique(case.labels) if c != 0})
+    out = {"n_train_volumes": len(train), "n_labeled_volumes": sum(1 for v in train if v.labeled),
+           "test": [c.name for c in test], "classes": classes, "methods": {}}
+    cfg0 = base_config or TrainConfig()
+    for name in methods:
+        cfg = replace(cfg0, method=name, minutes=minutes, iterations=iterations, refresh_seconds=1e9,
+                      first_refresh_seconds=1e9, final_prediction=False)
+        t0 = time.perf_counter()
+        trainer = Trainer(train, cfg)
+        last = trainer.train(progress_bar=progress is not None)
+        per_net = {}
+        for which, net in (("teacher", trainer.method.predictor()), ("student", trainer.method.student)):
+            per_volume = {}
+            for c in test:
+                v = Volume(c.image, None, set(), axis=axis if c.image.ndim - c.channels == 3 else 0,
+                           channels=c.channels, name=c.name)
+                pred = predict_volume(net, v, trainer.canvas, trainer.context, device=trainer.device,
+                                      precision=trainer.precision, channels_last=trainer.channels_last).labels
+                per_volume[c.name] = per_class_metrics(pred, c.labels, classes=classes)
+            per_net[which] = summarise(per_volume)
+        out["methods"][name] = {"iterations": last.iteration, "seconds": round(time.perf_counter() - t0, 1),
+                                **per_net}
+    return out
+
+
+def load_ssl4mis(root: str | os.PathLike, labeled_slices: int) -> tuple[list[Volume], list[Case]]:
+    """SSL4MIS layout: the first N slices of train_slices.list labeled, the rest unlabeled, test.list held out."""
+    split = read_ssl4mis_split(root)
+    vols = []
+    for i, name in enumerate(split.train_slices):
+        image, label = read_h5(split.slice_path(name))
+        if image is None:
+            raise InputError(f"{name}.h5 has no image.")
+        if i < labeled_slices:
+            if label is None:
+                raise InputError(f"{name}.h5 is in the labeled set but has no label.")
+            vols.append(Volume(image, label, {0}, name=name))
+        else:
+            vols.append(Volume(image, None, set(), name=name))
+    tests = []
+    for name in split.test:
+        image, label = read_h5(split.volume_path(name))
+        if image is None or label is None:
+            raise InputError(f"Test volume {name}.h5 needs both image and label.")
+        tests.append(Case(name, image, label))
+    return vols, tests
+
+

@@ -1,0 +1,55 @@
+"""Mean teacher (Tarvainen & Valpola 2017; methods-spec §2.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..losses import sigmoid_rampup, supervised_loss
+from .base import Batch, Method, MethodSettings, TeacherMixin, TrainState, noisy, two_stream_forward
+
+
+@dataclass
+class MeanTeacherSettings(MethodSettings):
+    ema_decay: float = 0.99
+    consistency: float = 1.0  # weight of the consistency term once ramped up
+    rampup_fraction: float = 0.3  # of the budget; SSL4MIS ramps over its whole 30k-iteration run
+    rampup_iterations: int = 600  # used when training runs until stopped
+    noise_std: float = 0.1
+    noise_clip: float = 0.2
+
+
+class MeanTeacher(TeacherMixin, Method):
+    """Student on labeled + unlabeled slices; MSE to the EMA teacher's softmax on a noisy view.
+
+    Differs from SSL4MIS on purpose: the teacher averages batch-norm statistics too and runs in eval
+    mode, so the pseudo-labels the user sees are the teacher's best, not a dropout sample.
+    """
+
+    name = "mean-teacher"
+    Settings = MeanTeacherSettings
+
+    def __init__(self, in_channels, n_classes, settings=None):
+        super().__init__(in_channels, n_classes, settings)
+        self._make_teacher()
+
+    def predictor(self):
+        return self.teacher
+
+    def training_step(self, batch: Batch, state: TrainState):
+        s = self.settings
+        nl = batch.x_l.shape[0]
+        logits = two_stream_forward(self.student, batch)
+        sup = supervised_loss(logits[:nl], batch.y_l)
+        with torch.no_grad():
+            self.teacher.eval()
+            target = torch.softmax(self.teacher(noisy(batch.x_u, s.noise_std, s.noise_clip)).float(), 1)
+        cons = torch.mean((torch.softmax(logits[nl:].float(), 1) - target) ** 2)
+        w = s.consistency * sigmoid_rampup(state.ramp(s.rampup_fraction, s.rampup_iterations), 1.0)
+        return {"loss": sup + w * cons, "supervised": sup.detach(), "consistency": cons.detach(),
+                "consistency_weight": torch.tensor(w)}
+
+    @torch.no_grad()
+    def after_step(self, state: TrainState):
+        self.ema_update(state.iteration, self.settings.ema_decay)

@@ -1,0 +1,95 @@
+"""Two-stream batches of labeled and unlabeled slices with the field's augmentations.
+
+Labeled items are drawn only from slices in each volume's ``labeled`` set, so labels of other
+slices never reach a loss. Augmentation (methods-spec §1.1) runs on the whole batch at once: with
+p = 0.5 a random rot90 and flip, otherwise a rotation in [-20, 20) degrees; images bilinear,
+labels nearest.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .io import InputError
+from .methods.base import Batch
+from .volume import Volume
+
+
+class _Cycler:
+    """Shuffled passes over a list, reshuffled when exhausted (an "epoch" of the labeled set)."""
+
+    def __init__(self, items: list, rng: np.random.Generator):
+        self.items, self.rng, self.order = list(items), rng, []
+
+    def take(self, n: int) -> list:
+        out = []
+        while len(out) < n:
+            if not self.order:
+                self.order = list(self.rng.permutation(len(self.items)))
+            out.append(self.items[self.order.pop()])
+        return out
+
+
+class TwoStreamSampler:
+    def __init__(self, volumes: list[Volume], canvas: int, context: int, labeled_batch: int,
+                 unlabeled_batch: int, seed: int = 0, augment: bool = True):
+        self.volumes, self.canvas, self.context = volumes, canvas, context
+        self.labeled_batch, self.unlabeled_batch = labeled_batch, unlabeled_batch
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.geometries = [v.geometry(canvas) for v in volumes]
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the labeled sets (after the user labeled or accepted more slices)."""
+        labeled = [(vi, s) for vi, v in enumerate(self.volumes) for s in sorted(v.labeled)]
+        if not labeled:
+            raise InputError("No labeled slice: label at least one slice (or mark it as background) first.")
+        unlabeled = [(vi, s) for vi, v in enumerate(self.volumes) for s in v.unlabeled]
+        # with every slice labeled, the unlabeled stream reuses the images without their labels
+        self._labeled = _Cycler(labeled, self.rng)
+        self._unlabeled = _Cycler(unlabeled or labeled, self.rng)
+        self.n_labeled, self.n_unlabeled = len(labeled), len(unlabeled)
+
+    def _stack(self, items) -> torch.Tensor:
+        return torch.stack([self.volumes[vi].context_stack(s, self.geometries[vi], self.context) for vi, s in items])
+
+    def next(self) -> Batch:
+        lab = self._labeled.take(self.labeled_batch)
+        x_l = self._stack(lab)
+        y_l = torch.stack([self.volumes[vi].canvas_label(s, self.geometries[vi]) for vi, s in lab])
+        x_u = self._stack(self._unlabeled.take(self.unlabeled_batch)) if self.unlabeled_batch else x_l[:0]
+        if self.augment:
+            x_l, y_l = augment_pairs(x_l, y_l, self.generator)
+            if len(x_u):
+                x_u, _ = augment_pairs(x_u, None, self.generator)
+        return Batch(x_l, y_l, x_u)
+
+
+def _random_affines(n: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, 2, 3) rotation(+flip) matrices for affine_grid."""
+    use_rot90 = torch.rand(n, generator=gen) < 0.5
+    k = torch.randint(0, 4, (n,), generator=gen).float()
+    free = (torch.rand(n, generator=gen) * 40.0 - 20.0).floor()  # integer degrees in [-20, 20)
+    angle = torch.where(use_rot90, k * 90.0, free) * math.pi / 180.0
+    flip = torch.where(use_rot90 & (torch.rand(n, generator=gen) < 0.5), -1.0, 1.0)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
+    return theta
+
+
+def augment_pairs(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator):
+    theta = _random_affines(x.shape[0], gen)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x_aug = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if y is None:
+        return x_aug, None
+    y_aug = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return x_aug, y_aug[:, 0].round().long()
