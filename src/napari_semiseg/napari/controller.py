@@ -1,0 +1,433 @@
+"""Session state <-> napari layers: runs the trainer in a worker thread; no layout code.
+
+Data flows one way: the user's layers are snapshotted into a ``Volume``, the trainer runs in a
+napari generator worker, and its reports come back in the ``yielded`` slot, where the live layers
+are updated in place. The user's labels layer is only ever written by "Accept slice", as one undo step.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info
+
+from ..core.io import InputError
+from ..core.trainer import LabelUpdate, Report, TrainConfig, Trainer, load_method
+from ..core.volume import Volume, labeled_slices_from_labels
+from .layers import SOURCE_KEY
+
+PSEUDO = "pseudo-labels"
+UNCERTAINTY = "uncertainty"
+UNCERTAIN_REGIONS = "uncertain regions"
+SEGMENTATION = "segmentation"
+
+
+class TrainingFailed(Exception):
+    """An error inside the training thread, carried to the GUI thread."""
+
+
+def gui_thread_count() -> int:
+    """Leave a core to the viewer: training on every core makes the GUI stutter."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+@dataclass
+class SessionState:
+    image_layer: object | None = None
+    labels_layer: object | None = None
+    axis: int = 0
+    marked_empty: set[int] = field(default_factory=set)
+    last_report: Report | None = None
+    loss_history: list[float] = field(default_factory=list)
+    slice_scores: np.ndarray | None = None
+    model_dir: Path | None = None
+
+
+class SessionController:
+    """Everything the widget's buttons do, testable without the widget."""
+
+    def __init__(self, viewer, on_change=None):
+        self.viewer = viewer
+        self.state = SessionState()
+        self.trainer: Trainer | None = None
+        self.worker = None
+        self.on_change = on_change or (lambda: None)
+        self.uncertainty_threshold = 0.5
+        self.show_uncertain_regions = False
+        self._pending_labels = False
+        self._progress_bar = None
+        self._done = threading.Event()
+        self.autosave_dir = Path.home() / ".napari-semiseg" / "autosave"
+
+    # ------------------------------------------------------------------ layers and slices
+    def set_layers(self, image_layer, labels_layer=None, axis: int | None = None, create_labels: bool = False) -> None:
+        """Choose the image and the labels layer to annotate (an existing one on the image's grid, or,
+        with ``create_labels``, a new one)."""
+        if image_layer is None:
+            raise InputError("Choose an image layer first.")
+        if labels_layer is None:
+            labels_layer = self._labels_for(image_layer, create=create_labels)
+        if labels_layer is None:
+            self._disconnect_labels()
+            self.state.image_layer, self.state.labels_layer = image_layer, None
+            self.state.axis = self.default_axis() if axis is None else axis
+            self.on_change()
+            return
+        spatial = self._spatial_shape(image_layer)
+        if tuple(labels_layer.data.shape) != spatial:
+            raise InputError(f"The labels layer '{labels_layer.name}' has shape {labels_layer.data.shape}, "
+                             f"not the image's {spatial}: pick or create a matching labels layer.")
+        self._disconnect_labels()
+        self.state.image_layer, self.state.labels_layer = image_layer, labels_layer
+        self.state.axis = self.default_axis() if axis is None else axis
+        labels_layer.events.paint.connect(self._on_user_edit)
+        labels_layer.events.data.connect(self._on_user_edit)
+        self.on_change()
+
+    def _disconnect_labels(self) -> None:
+        old = self.state.labels_layer
+        if old is not None:
+            for ev in (old.events.paint, old.events.data):
+                try:
+                    ev.disconnect(self._on_user_edit)
+                except (TypeError, ValueError, RuntimeError):
+                    pass
+
+    @staticmethod
+    def _spatial_shape(image_layer) -> tuple[int, ...]:
+        shape = tuple(image_layer.data.shape)
+        return shape[:-1] if getattr(image_layer, "rgb", False) else shape
+
+    def _labels_for(self, image_layer, create: bool):
+        """The labels layer to annotate: an existing one on the image's grid, else (``create``) a new one."""
+        spatial = self._spatial_shape(image_layer)
+        for layer in self.viewer.layers:
+            if layer._type_string == "labels" and tuple(layer.data.shape) == spatial \
+                    and layer.name not in (PSEUDO, UNCERTAIN_REGIONS, SEGMENTATION):
+                return layer
+        if not create:
+            return None
+        return self.viewer.add_labels(np.zeros(spatial, np.uint8), name="annotations", scale=image_layer.scale,
+                                      translate=image_layer.translate, metadata=_source_meta(image_layer))
+
+    def default_axis(self) -> int:
+        """The axis napari is slicing (for 3D), else 0."""
+        img = self.state.image_layer
+        if img is None or len(self._spatial_shape(img)) < 3:
+            return 0
+        not_displayed = [d - (self.viewer.dims.ndim - 3) for d in self.viewer.dims.not_displayed]
+        candidates = [d for d in not_displayed if 0 <= d < 3]
+        return candidates[0] if candidates else 0
+
+    @property
+    def is_3d(self) -> bool:
+        return self.state.image_layer is not None and len(self._spatial_shape(self.state.image_layer)) == 3
+
+    def current_slice(self) -> int:
+        if not self.is_3d:
+            return 0
+        layer = self.state.labels_layer
+        data_pt = layer.world_to_data(self.viewer.dims.point[-layer.ndim:]) if layer.ndim <= self.viewer.dims.ndim \
+            else self.viewer.dims.point
+        return int(np.clip(np.round(data_pt[self.state.axis]), 0, layer.data.shape[self.state.axis] - 1))
+
+    def go_to_slice(self, index: int) -> None:
+        layer = self.state.labels_layer
+        if not self.is_3d:
+            return
+        point = np.zeros(layer.ndim)
+        point[self.state.axis] = index
+        world = layer.data_to_world(point)
+        offset = self.viewer.dims.ndim - layer.ndim
+        self.viewer.dims.set_point(offset + self.state.axis, world[self.state.axis])
+
+    def labeled_slices(self) -> set[int]:
+        lab = self.state.labels_layer
+        if lab is None:
+            return set()
+        painted = labeled_slices_from_labels(np.asarray(lab.data), self.state.axis) if self.is_3d else (
+            {0} if np.asarray(lab.data).any() else set())
+        return painted | self.state.marked_empty
+
+    def toggle_mark_labeled(self) -> bool:
+        """Mark the current slice as labeled even if all background ("nothing here"), or unmark it."""
+        i = self.current_slice()
+        if i in self.state.marked_empty:
+            self.state.marked_empty.discard(i)
+            marked = False
+            if i in self.labeled_slices():
+                show_info(f"Slice {i} still counts as labeled: it has painted labels.")
+        else:
+            self.state.marked_empty.add(i)
+            marked = True
+        self._send_labels()
+        self.on_change()
+        return marked
+
+    # ------------------------------------------------------------------ training
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(self, config: TrainConfig, resume_from: str | os.PathLike | None = None) -> None:
+        if self.running:
+            raise InputError("Training is already running.")
+        if self.state.image_layer is None:
+            raise InputError("Choose an image layer first.")
+        if self.state.labels_layer is None:
+            self.set_layers(self.state.image_layer, None, self.state.axis, create_labels=True)
+        labeled = self.labeled_slices()
+        if not labeled:
+            raise InputError("No slice is labeled yet: paint a few slices (or mark empty ones with "
+                             "'Mark slice as labeled'), then press Train.")
+        volume = self._snapshot_volume(labeled)
+        if config.threads is None:
+            config.threads = gui_thread_count()
+        self.trainer = Trainer([volume], config, resume_from=resume_from,
+                               out_dir=self.autosave_dir / _safe(self.state.image_layer.name))
+        self.state.loss_history.clear()
+        self._ensure_live_layers()
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        self._progress_bar = progress(total=100 if (config.minutes or config.iterations) else 0,
+                                      desc="semiseg: training")
+        self._done = threading.Event()
+        # errors are ours to report (a notification), not to re-raise in the event loop
+        self.worker = create_worker(self._run_trainer, _connect={"yielded": self._on_report,
+                                                                 "errored": self._on_error,
+                                                                 "finished": self._on_finished},
+                                    _start_thread=True)
+        self.on_change()
+
+    def _run_trainer(self):
+        """The trainer's generator, with a flag the GUI thread can wait on when the viewer closes.
+
+        Errors are re-raised as :class:`TrainingFailed`: superqt's worker takes any RuntimeError
+        (which torch's out-of-memory and CUDA errors are) for a deleted Qt object and only warns,
+        so the user would never hear of the failure.
+        """
+        try:
+            yield from self.trainer.run()
+        except Exception as err:
+            raise TrainingFailed(f"{type(err).__name__}: {err}".split("\n")[0]) from err
+        finally:
+            self._done.set()
+
+    def _snapshot_volume(self, labeled: set[int]) -> Volume:
+        img = self.state.image_layer
+        rgb = bool(getattr(img, "rgb", False))
+        labels = np.array(self.state.labels_layer.data, copy=True)  # the trainer never sees half-painted edits
+        return Volume(np.asarray(img.data), labels, labeled, axis=self.state.axis if self.is_3d else 0,
+                      channels=rgb, name=img.name)
+
+    def pause(self) -> None:
+        if self.trainer is not None:
+            self.trainer.pause()
+            self.on_change()
+
+    def resume(self) -> None:
+        if self.trainer is not None:
+            self.trainer.resume()
+            self.on_change()
+
+    @property
+    def paused(self) -> bool:
+        return self.trainer is not None and self.trainer._paused.is_set()
+
+    def stop(self) -> None:
+        """Stop training; the trainer saves its model (autosave folder) before it ends."""
+        if self.trainer is not None:
+            self.trainer.resume()
+            self.trainer.stop()
+
+    def _on_user_edit(self, event=None) -> None:
+        if self.running:
+            self._send_labels()
+
+    def _send_labels(self) -> None:
+        if not self.running or self.state.labels_layer is None:
+            return
+        labeled = self.labeled_slices()
+        if not labeled:
+            return
+        update = LabelUpdate(np.array(self.state.labels_layer.data, copy=True), labeled)
+        self.worker.send(update)
+
+    def _on_report(self, report: Report) -> None:
+        self.state.last_report = report
+        if "loss" in report.losses:
+            self.state.loss_history.append(report.losses["loss"])
+        if report.prediction is not None and self.state.image_layer in self.viewer.layers:
+            self._show_prediction(report.prediction[0])
+        if self._progress_bar is not None and report.progress is not None:
+            self._progress_bar.n = int(report.progress * 100)
+            self._progress_bar.refresh()
+        if report.checkpoint:
+            self.state.model_dir = Path(report.checkpoint)
+        self.on_change()
+
+    def _on_error(self, err: Exception) -> None:
+        msg = str(err).split("\n")[0] or type(err).__name__
+        if isinstance(err.__cause__ or err, MemoryError) or "out of memory" in msg.lower():
+            msg = "Out of memory: lower the maximum working size or the batch size in Advanced. " + msg
+        show_error(f"Training stopped: {msg}")
+        self._cleanup_worker()
+
+    def _on_finished(self) -> None:
+        if self.state.model_dir is not None:
+            show_info(f"Training finished; the model is saved in {self.state.model_dir}.")
+        self._cleanup_worker()
+
+    def _cleanup_worker(self) -> None:
+        self.worker = None
+        if self._progress_bar is not None:
+            self._progress_bar.close()
+            self._progress_bar = None
+        self.on_change()
+
+    # ------------------------------------------------------------------ live layers
+    def _live_kwargs(self) -> dict:
+        img = self.state.image_layer
+        scale = tuple(img.scale[:-1]) if getattr(img, "rgb", False) and len(img.scale) > img.ndim else tuple(img.scale)
+        return {"scale": scale, "translate": tuple(img.translate)}
+
+    def _ensure_live_layers(self) -> None:
+        shape = self._spatial_shape(self.state.image_layer)
+        kw = self._live_kwargs()
+        if PSEUDO not in self.viewer.layers:
+            self.viewer.add_labels(np.zeros(shape, np.uint8), name=PSEUDO, opacity=0.45, **kw)
+        if UNCERTAINTY not in self.viewer.layers:
+            self.viewer.add_image(np.zeros(shape, np.float32), name=UNCERTAINTY, colormap="inferno",
+                                  contrast_limits=(0.0, 1.0), blending="additive", opacity=0.6, **kw)
+        if self.show_uncertain_regions and UNCERTAIN_REGIONS not in self.viewer.layers:
+            self.viewer.add_labels(np.zeros(shape, np.uint8), name=UNCERTAIN_REGIONS, opacity=0.6, **kw)
+        # keep the user's labels on top so painting stays visible
+        lab = self.state.labels_layer
+        if lab in self.viewer.layers:
+            self.viewer.layers.move(self.viewer.layers.index(lab), len(self.viewer.layers))
+            self.viewer.layers.selection.active = lab
+
+    def _show_prediction(self, pred) -> None:
+        self._ensure_live_layers()
+        layers = self.viewer.layers
+        layers[PSEUDO].data[...] = pred.labels  # in place: the layer is never re-created
+        layers[PSEUDO].refresh()
+        layers[UNCERTAINTY].data[...] = pred.uncertainty
+        layers[UNCERTAINTY].refresh()
+        if self.show_uncertain_regions:
+            layers[UNCERTAIN_REGIONS].data[...] = (pred.uncertainty > self.uncertainty_threshold).astype(np.uint8)
+            layers[UNCERTAIN_REGIONS].refresh()
+        self.state.slice_scores = np.asarray(pred.slice_scores)
+
+    def set_uncertain_regions(self, show: bool, threshold: float | None = None) -> None:
+        self.show_uncertain_regions = show
+        if threshold is not None:
+            self.uncertainty_threshold = float(threshold)
+        if show and UNCERTAINTY in self.viewer.layers:
+            self._ensure_live_layers()
+            unc = self.viewer.layers[UNCERTAINTY].data
+            self.viewer.layers[UNCERTAIN_REGIONS].data[...] = (unc > self.uncertainty_threshold).astype(np.uint8)
+            self.viewer.layers[UNCERTAIN_REGIONS].refresh()
+        elif not show and UNCERTAIN_REGIONS in self.viewer.layers:
+            self.viewer.layers.remove(UNCERTAIN_REGIONS)
+
+    # ------------------------------------------------------------------ review
+    def next_uncertain_slice(self) -> int:
+        if self.state.slice_scores is None:
+            raise InputError("No prediction yet: press Train and wait for the first pseudo-labels.")
+        labeled = self.labeled_slices()
+        scores = np.asarray(self.state.slice_scores, float).copy()
+        for i in labeled:
+            if i < len(scores):
+                scores[i] = -np.inf
+        if not np.isfinite(scores).any():
+            raise InputError("Every slice is labeled: nothing left to review.")
+        best = int(np.argmax(scores))
+        self.go_to_slice(best)
+        return best
+
+    def accept_slice(self) -> int:
+        """Copy the pseudo-label of the current slice into the user's labels (one undo step).
+
+        Voxels the user already painted on that slice are kept.
+        """
+        if PSEUDO not in self.viewer.layers:
+            raise InputError("No pseudo-labels yet: press Train and wait for the first refresh.")
+        i = self.current_slice()
+        lab = self.state.labels_layer
+        sl = [slice(None)] * lab.ndim
+        if self.is_3d:
+            sl[self.state.axis] = i
+        pseudo = np.asarray(self.viewer.layers[PSEUDO].data[tuple(sl)])
+        user = np.asarray(lab.data[tuple(sl)])
+        merged = np.where(user != 0, user, pseudo).astype(lab.data.dtype)
+        idx2d = np.nonzero(merged != user)
+        if idx2d[0].size:
+            full = []
+            it = iter(idx2d)
+            for a in range(lab.ndim):
+                full.append(np.full(idx2d[0].shape, i) if (self.is_3d and a == self.state.axis) else next(it))
+            with lab.block_history():
+                lab.data_setitem(tuple(full), merged[idx2d])
+        self.state.marked_empty.add(i)  # accepted, even if the teacher saw only background
+        self._send_labels()
+        self.on_change()
+        return i
+
+    def finish(self):
+        """A new Labels layer: the user's labels on labeled slices, the teacher's elsewhere."""
+        if PSEUDO not in self.viewer.layers:
+            raise InputError("No prediction yet: train first.")
+        lab = self.state.labels_layer
+        final = np.array(self.viewer.layers[PSEUDO].data, dtype=lab.data.dtype, copy=True)
+        user = np.asarray(lab.data)
+        labeled = self.labeled_slices()
+        sl = [slice(None)] * lab.ndim
+        for i in labeled:
+            if self.is_3d:
+                sl[self.state.axis] = i
+            final[tuple(sl)] = user[tuple(sl)]
+        meta = _source_meta(self.state.image_layer) or dict(lab.metadata)
+        if SEGMENTATION in self.viewer.layers:
+            self.viewer.layers[SEGMENTATION].data = final
+            return self.viewer.layers[SEGMENTATION]
+        return self.viewer.add_labels(final, name=SEGMENTATION, metadata=meta, **self._live_kwargs())
+
+    # ------------------------------------------------------------------ models
+    def save_model(self, path: str | os.PathLike) -> Path:
+        if self.trainer is None:
+            raise InputError("There is no model yet: train first.")
+        if self.running and not self.paused:
+            raise InputError("Pause or stop training before saving (Stop also saves automatically).")
+        out = self.trainer.save(path)
+        self.state.model_dir = out
+        return out
+
+    def load_model(self, path: str | os.PathLike) -> dict:
+        """Check a saved model; the next Train resumes from it."""
+        _, meta = load_method(path)
+        self.state.model_dir = Path(path)
+        return meta
+
+    def shutdown(self) -> None:
+        """Viewer closing: stop the worker, keep the model (the trainer saves on stop)."""
+        self._disconnect_labels()
+        if self.worker is not None:
+            self.stop()  # the generator ends its loop, saves the model and returns
+            self._done.wait(timeout=120)
+            self._cleanup_worker()
+
+
+def _source_meta(layer) -> dict:
+    meta = getattr(layer, "metadata", {}) or {}
+    return {SOURCE_KEY: meta[SOURCE_KEY]} if SOURCE_KEY in meta else {}
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "image"
+

@@ -1,0 +1,196 @@
+"""The human-in-the-loop session in a real napari viewer, driven through the widget's buttons."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from qtpy.QtWidgets import QPushButton
+
+from napari_semiseg.core.io import read_labels
+from napari_semiseg.napari.controller import PSEUDO, SEGMENTATION, UNCERTAINTY
+from napari_semiseg.samples import sample_image, sample_labels
+
+WIDGET = "Semi-supervised segmentation"
+AXIS = 2
+PAINTED = (12, 16, 21)
+
+
+def _errors():
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records if n.severity == "error"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_notifications():
+    from napari.utils.notifications import notification_manager
+
+    notification_manager.records.clear()
+    yield
+
+
+@pytest.fixture
+def session(make_napari_viewer, tmp_path, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-semiseg", "hippocampus")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-semiseg", WIDGET)
+    widget.controller.autosave_dir = tmp_path / "autosave"
+    widget.axis_spin.setValue(AXIS)
+    widget.refresh_spin.setValue(1)
+    widget.batch_spin.setValue(4)
+    widget.labeled_batch_spin.setValue(2)
+    yield viewer, widget
+    widget.controller.shutdown()
+
+
+def click(widget, name):
+    widget.findChild(QPushButton, name).click()
+
+
+def paint_reference(labels_layer, slices=PAINTED):
+    ref = read_labels(sample_labels()).data
+    for i in slices:
+        idx = np.nonzero(ref[:, :, i])
+        full = (idx[0], idx[1], np.full(idx[0].shape, i))
+        labels_layer.data_setitem(full, ref[:, :, i][idx])
+    return ref
+
+
+def test_full_loop_train_review_accept_finish_export(session, qtbot, tmp_path):
+    viewer, widget = session
+    c = widget.controller
+    image, labels = viewer.layers["hippocampus MRI"], viewer.layers["annotations"]
+    assert c.state.image_layer is image and c.state.labels_layer is labels and c.state.axis == AXIS
+    paint_reference(labels)
+    widget.refresh()
+    assert "Labeled slices: 3" in widget.labeled_label.text()
+
+    click(widget, "train_button")
+    assert c.running
+    qtbot.waitUntil(lambda: c.state.slice_scores is not None, timeout=60000)
+    assert viewer.layers[PSEUDO].data.shape == image.data.shape
+    assert viewer.layers[UNCERTAINTY].data.shape == image.data.shape
+    pseudo_layer = viewer.layers[PSEUDO]
+    qtbot.waitUntil(lambda: len(c.state.loss_history) > 3, timeout=30000)
+    assert viewer.layers[PSEUDO] is pseudo_layer  # refreshed in place, never re-created
+
+    before = np.array(labels.data, copy=True)
+    click(widget, "next_uncertain_button")
+    here = c.current_slice()
+    assert here not in PAINTED
+    click(widget, "accept_slice_button")
+    changed = np.nonzero(np.any(labels.data != before, axis=(0, 1)))[0]
+    assert set(changed.tolist()) <= {here}
+    np.testing.assert_array_equal(labels.data[:, :, here], viewer.layers[PSEUDO].data[:, :, here])
+    assert c.labeled_slices() == set(PAINTED) | {here}
+    qtbot.waitUntil(lambda: c.trainer.sampler.n_labeled == 4, timeout=30000)
+    labels.undo()  # one undo step takes the whole accepted slice back
+    np.testing.assert_array_equal(labels.data, before)
+    labels.redo()
+
+    click(widget, "stop_button")
+    qtbot.waitUntil(lambda: not c.running, timeout=60000)
+    assert (tmp_path / "autosave").exists() and any((tmp_path / "autosave").rglob("model.safetensors"))
+
+    click(widget, "finish_button")
+    seg = viewer.layers[SEGMENTATION]
+    for i in set(PAINTED) | {here}:
+        np.testing.assert_array_equal(seg.data[:, :, i], labels.data[:, :, i])
+    nii, tif = tmp_path / "final.nii.gz", tmp_path / "final.tif"
+    viewer.layers.selection = {seg}
+    assert viewer.layers.save(str(nii), selected=True, plugin="napari-semiseg")
+    assert viewer.layers.save(str(tif), selected=True, plugin="napari-semiseg")
+    import nibabel as nib
+
+    back = read_labels(nii)
+    np.testing.assert_array_equal(back.data, seg.data)
+    np.testing.assert_allclose(nib.load(str(nii)).affine, nib.load(str(sample_image())).affine)
+    np.testing.assert_array_equal(tifffile.imread(str(tif)), seg.data)
+    assert not _errors()
+
+
+def test_train_refuses_without_labels_and_says_what_to_do(session):
+    viewer, widget = session
+    click(widget, "train_button")
+    assert not widget.controller.running
+    assert any("No slice is labeled" in e for e in _errors())
+
+
+def test_mark_empty_slice_counts_as_labeled_and_unmarks(session):
+    viewer, widget = session
+    c = widget.controller
+    c.go_to_slice(2)
+    click(widget, "mark_labeled_button")
+    assert c.labeled_slices() == {2}
+    click(widget, "mark_labeled_button")
+    assert c.labeled_slices() == set()
+
+
+def test_worker_failure_becomes_a_notification_and_leaves_labels_alone(session, qtbot, monkeypatch):
+    viewer, widget = session
+    labels = viewer.layers["annotations"]
+    paint_reference(labels)
+    before = np.array(labels.data, copy=True)
+    from napari_semiseg.core import trainer as trainer_mod
+
+    def out_of_memory(self, progress):  # the allocator failing is outside our control
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer_mod.Trainer, "step", out_of_memory)
+    click(widget, "train_button")
+    assert widget.controller.running, _errors()
+    qtbot.waitUntil(lambda: not widget.controller.running, timeout=30000)
+    assert any("Out of memory" in e for e in _errors())
+    np.testing.assert_array_equal(labels.data, before)
+    assert widget.findChild(QPushButton, "train_button").isEnabled()
+
+
+def test_removing_the_image_or_closing_the_viewer_while_training(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-semiseg", "hippocampus")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-semiseg", WIDGET)
+    c = widget.controller
+    c.autosave_dir = tmp_path / "autosave"
+    widget.axis_spin.setValue(AXIS)
+    paint_reference(viewer.layers["annotations"])
+    click(widget, "train_button")
+    qtbot.waitUntil(lambda: c.state.last_report is not None, timeout=30000)
+    # edits and slice changes during training are fine
+    viewer.dims.set_point(AXIS, 5)
+    viewer.layers["annotations"].data_setitem((np.array([10]), np.array([10]), np.array([5])), 1)
+    viewer.layers.remove("hippocampus MRI")
+    qtbot.waitUntil(lambda: not c.running, timeout=60000)
+    assert any((tmp_path / "autosave").rglob("model.safetensors"))
+
+    viewer2 = make_napari_viewer()
+    viewer2.open_sample("napari-semiseg", "hippocampus")
+    _, widget2 = viewer2.window.add_plugin_dock_widget("napari-semiseg", WIDGET)
+    c2 = widget2.controller
+    c2.autosave_dir = tmp_path / "autosave2"
+    paint_reference(viewer2.layers["annotations"])
+    widget2.axis_spin.setValue(AXIS)
+    click(widget2, "train_button")
+    qtbot.waitUntil(lambda: c2.state.last_report is not None, timeout=30000)
+    viewer2.close()
+    assert not c2.running
+    assert any((tmp_path / "autosave2").rglob("model.safetensors"))
+
+
+def test_save_load_and_resume_from_the_widget(session, qtbot, tmp_path):
+    viewer, widget = session
+    c = widget.controller
+    paint_reference(viewer.layers["annotations"])
+    widget.budget_spin.setValue(0.05)  # 3 s
+    click(widget, "train_button")
+    qtbot.waitUntil(lambda: not c.running, timeout=60000)
+    first = c.state.last_report.iteration
+    out = c.save_model(tmp_path / "saved")
+    meta = c.load_model(out)
+    assert meta["iteration"] == first
+    widget._resume_next = True
+    click(widget, "train_button")
+    assert c.running, _errors()
+    qtbot.waitUntil(lambda: not c.running, timeout=60000)
+    assert c.state.last_report.iteration > first
