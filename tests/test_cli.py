@@ -185,3 +185,10 @@ def test_benchmark_session_protocol_reports_interpolation_baseline(tmp_path, hip
     row = res["volumes"][0]
     assert len(row["labeled"]) == 3 and 0 < row["interpolation"] < 1
     assert 0 <= row["methods"]["supervised"]["dice"] <= 1
+    # uncertainty-driven selection: two evenly spaced slices, then the teacher's most uncertain one
+    r = run_cli("benchmark", str(data), "--protocol", "session", "--k", "3", "--seconds", "2", "--axis", "2",
+                "--methods", "mean-teacher", "--selection", "uncertainty", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    row = json.loads(out.read_text())["volumes"][0]
+    chosen = row["methods"]["mean-teacher"]["labeled"]
+    assert len(chosen) == 3 and set(chosen) != set(row["labeled"])

@@ -278,3 +278,30 @@ def test_shape_interpolation_between_discs():
     out2 = interpolate_labels(lab2, [1, 5])
     assert not out2[0].any() and not out2[6].any()
     assert (out2[2] == 2).sum() > 0 and (out2[4] == 2).sum() == 0
+
+
+def test_batch_stats_forward_leaves_the_teacher_untouched():
+    from napari_semiseg.core.methods.base import batch_stats_forward
+
+    m = build_method("mean-teacher", 1, 2)
+    m.teacher.eval()
+    before = {k: v.clone() for k, v in m.teacher.state_dict().items()}
+    x = torch.rand(3, 1, 16, 16) * 5 + 2  # far from the initial running statistics
+    out = batch_stats_forward(m.teacher, x)
+    assert out.shape == (3, 2, 16, 16)
+    for k, v in m.teacher.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    assert not m.teacher.training
+    # it normalises with the batch's own statistics, unlike eval mode
+    assert not torch.allclose(out, m.teacher(x))
+
+
+def test_recalibrated_prediction_does_not_modify_the_network():
+    vol = tiny_volume(n=10)
+    trainer = Trainer([vol], fast_config(method="mean-teacher", iterations=3))
+    trainer.train()
+    net = trainer.method.predictor()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    predict_volume(net, vol, trainer.canvas, trainer.context)
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k])

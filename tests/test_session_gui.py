@@ -194,3 +194,27 @@ def test_save_load_and_resume_from_the_widget(session, qtbot, tmp_path):
     assert c.running, _errors()
     qtbot.waitUntil(lambda: not c.running, timeout=60000)
     assert c.state.last_report.iteration > first
+
+
+@pytest.mark.parametrize("rgb", [False, True])
+def test_2d_grey_and_rgb_images_train_and_show_live_layers(make_napari_viewer, qtbot, tmp_path, rgb):
+    from napari_semiseg.core.trainer import TrainConfig
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 60, (48, 40, 3) if rgb else (48, 40)).astype(np.uint8)
+    img[10:30, 8:25] += 150
+    viewer.add_image(img, name="photo", rgb=rgb)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-semiseg", WIDGET)
+    c = widget.controller
+    c.autosave_dir = tmp_path / "autosave"
+    click(widget, "train_button")  # nothing painted yet: refused, and a labels layer is not forced on the user
+    assert not c.running and any("No slice is labeled" in e for e in _errors())
+    labels = c.state.labels_layer
+    assert labels is not None and labels.data.shape == (48, 40) and not c.is_3d
+    labels.data_setitem((np.arange(12, 28), np.full(16, 15)), 1)
+    c.start(TrainConfig(iterations=6, batch_size=2, labeled_batch=1, first_refresh_seconds=0.0))
+    qtbot.waitUntil(lambda: not c.running, timeout=60000)
+    assert viewer.layers[PSEUDO].data.shape == (48, 40)
+    assert viewer.layers[UNCERTAINTY].data.shape == (48, 40)
+    assert c.labeled_slices() == {0}

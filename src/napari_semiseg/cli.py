@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     bm.add_argument("--axis", type=int, default=0, help="slice axis of 3D volumes (display order)")
     bm.add_argument("--volumes", type=int, help="session: use the first N volumes (sorted names)")
     bm.add_argument("--k", type=int, default=3, help="session: labeled slices per volume")
+    bm.add_argument("--selection", default="even", choices=["even", "uncertainty"],
+                    help="session: K evenly spaced slices, or K-1 then the teacher's most uncertain one")
     bm.add_argument("--seconds", type=float, default=60.0, help="session: training seconds per method and volume")
     bm.add_argument("--anisotropic", type=int, default=1, metavar="STEP",
                     help="session: keep every STEP-th slice along the axis (thick slices)")
@@ -70,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                          "--warm-minutes on the volumes not in the session set)")
     bm.add_argument("--warm-minutes", type=float, default=5.0)
     bm.add_argument("--minutes", type=float, default=10.0, help="dataset: training budget per method")
-    bm.add_argument("--iterations", type=int, help="dataset: step budget instead of minutes")
+    bm.add_argument("--iterations", type=int, help="step budget instead of --minutes (dataset) or --seconds (session)")
     bm.add_argument("--labeled-fraction", type=float, default=0.1, help="dataset: fraction of training volumes labeled")
     bm.add_argument("--labeled-slices", type=int, default=136, help="SSL4MIS: first N slices of train_slices.list")
     bm.add_argument("--max-test", type=int, help="dataset: evaluate on at most N test volumes")
@@ -171,7 +173,7 @@ def _load_pair(image_path, labels_path):
 def cmd_train(args) -> int:
     from .core.io import write_float_map, write_labels
     from .core.trainer import Trainer
-    from .core.volume import Volume, labeled_slices_from_labels
+    from .core.volume import Volume, labeled_slices_from_labels, labels_on_slices
 
     image, labels = _load_pair(args.image, args.labels)
     ndim = len(image.spatial_shape)
@@ -187,15 +189,10 @@ def cmd_train(args) -> int:
             labeled = {int(s) for s in args.labeled_slices.split(",") if s.strip()}
         except ValueError:
             raise InputError(f"--labeled-slices takes comma-separated integers, not '{args.labeled_slices}'.") from None
-        # labels of other slices are ignored: hide them so they cannot leak into training
-        hidden = np.zeros_like(lab)
-        idx = [slice(None)] * lab.ndim
-        for i in labeled:
-            if not 0 <= i < n_slices:
-                raise InputError(f"Labeled slice {i} is outside the image (0 to {n_slices - 1}).")
-            idx[axis] = i
-            hidden[tuple(idx)] = lab[tuple(idx)]
-        lab = hidden
+        bad = [i for i in sorted(labeled) if not 0 <= i < n_slices]
+        if bad:
+            raise InputError(f"Labeled slice {bad[0]} is outside the image (0 to {n_slices - 1}).")
+        lab = labels_on_slices(lab, labeled, axis)  # labels of other slices must not leak into training
     else:
         labeled = labeled_slices_from_labels(lab, axis)
     if not labeled:
@@ -273,25 +270,17 @@ def _session(args, bm, methods, cfg, data) -> dict:
     session_cases = cases[: args.volumes] if args.volumes else cases
     warm = None
     if args.warm_start:
-        others = cases[len(session_cases):] or cases[:1]
-        warm = {}
-        for m in methods:
-            vols = [bm.Volume(c.image, c.labels, set(range(c.labels.shape[args.axis])), axis=args.axis,
-                              channels=c.channels) for c in others[:20]]
-            from dataclasses import replace
-
-            from .core.trainer import Trainer
-
-            out = Path(args.json or "benchmark").with_suffix("") .parent / f".warm-{m}"
-            Trainer(vols, replace(cfg, method=m, minutes=args.warm_minutes, iterations=None, final_prediction=False),
-                    out_dir=out).train()
-            warm[m] = str(out)
+        others = cases[len(session_cases):][:20]
+        if not others:
+            raise InputError("--warm-start needs volumes beyond --volumes to train the starting model on.")
+        warm = bm.train_warm_start(others, methods, Path(args.json or "benchmark.json").parent / ".warm-start",
+                                   axis=args.axis, minutes=args.warm_minutes, base_config=cfg)
     rows = []
     for c in tqdm(session_cases, desc="volumes", unit="vol"):
         if args.anisotropic > 1:
             c = bm.make_anisotropic(c, args.axis, args.anisotropic)
         r = bm.run_session(c, methods, k=args.k, axis=args.axis, seconds=args.seconds, base_config=cfg,
-                           warm_start=warm)
+                           warm_start=warm, selection=args.selection, iterations=args.iterations)
         rows.append(r)
         tqdm.write(f"{r.case}: interpolation {r.interpolation:.3f} " +
                    " ".join(f"{m} {v['dice']:.3f} (student {v['student_dice']:.3f}, {v['iterations']} it)"
@@ -301,8 +290,9 @@ def _session(args, bm, methods, cfg, data) -> dict:
         mean[m] = float(np.mean([r.methods[m]["dice"] for r in rows]))
         mean[m + " (student)"] = float(np.mean([r.methods[m]["student_dice"] for r in rows]))
     print("mean Dice on unlabeled slices: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
-    return {"protocol": "session", "k": args.k, "seconds": args.seconds, "axis": args.axis,
-            "anisotropic_step": args.anisotropic, "warm_start": bool(args.warm_start),
+    return {"protocol": "session", "k": args.k, "seconds": args.seconds, "iterations": args.iterations,
+            "axis": args.axis,
+            "anisotropic_step": args.anisotropic, "warm_start": bool(args.warm_start), "selection": args.selection,
             "volumes": [r.__dict__ for r in rows], "mean": mean}
 
 

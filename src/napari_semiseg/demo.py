@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from .core.benchmark import evenly_spaced_slices, unlabeled_dice
 from .core.interpolation import interpolate_labels
 from .core.io import read_image, read_labels, write_float_map
 from .core.trainer import TrainConfig, Trainer
-from .core.volume import Volume
+from .core.volume import Volume, labels_on_slices
 from .napari.layers import layer_data
 from .napari.writer import write_labels_nifti, write_labels_tiff
 from .samples import sample_image, sample_labels
@@ -28,11 +27,7 @@ def run_headless(out: Path, seconds: float = DEMO_SECONDS) -> list[Path]:
     image = read_image(sample_image(), as_labels=False)
     reference = read_labels(sample_labels())
     labeled = evenly_spaced_slices(reference.data, DEMO_AXIS, 3)
-    painted = np.zeros_like(reference.data)
-    idx = [slice(None)] * 3
-    for i in labeled:
-        idx[DEMO_AXIS] = i
-        painted[tuple(idx)] = reference.data[tuple(idx)]
+    painted = labels_on_slices(reference.data, labeled, DEMO_AXIS)
     volume = Volume(image.data, painted, set(labeled), axis=DEMO_AXIS, name="hippocampus_001")
     print(f"No display: running headless. Training a mean teacher on {Path(image.source.path).name} "
           f"{image.data.shape} from the 3 labeled slices {labeled} (axis {DEMO_AXIS}) for {seconds:.0f} s on the CPU.")
@@ -41,6 +36,7 @@ def run_headless(out: Path, seconds: float = DEMO_SECONDS) -> list[Path]:
     pred = report.prediction[0]
     # the user's labels win on the slices they labeled; the teacher fills the rest
     final = pred.labels.copy()
+    idx = [slice(None)] * 3
     for i in labeled:
         idx[DEMO_AXIS] = i
         final[tuple(idx)] = painted[tuple(idx)]

@@ -14,8 +14,8 @@ from .interpolation import interpolate_labels
 from .io import (NIFTI_SUFFIXES, TIFF_SUFFIXES, InputError, read_h5, read_image, read_labels,
                  read_ssl4mis_split, stem_of, suffix_of)
 from .metrics import mean_metrics, per_class_metrics, summarise
-from .trainer import TrainConfig, Trainer
-from .volume import Volume
+from .trainer import LabelUpdate, TrainConfig, Trainer
+from .volume import Volume, labels_on_slices
 
 
 @dataclass
@@ -92,29 +92,38 @@ class SessionResult:
 
 def run_session(case: Case, methods: list[str], *, k: int = 3, axis: int = 0, seconds: float = 60.0,
                 base_config: TrainConfig | None = None, warm_start: dict[str, str] | None = None,
-                uncertainty_round: bool = False) -> SessionResult:
-    """One volume: K labeled slices, a time budget per method, Dice on the other slices.
+                selection: str = "even", iterations: int | None = None) -> SessionResult:
+    """One volume: K labeled slices, a time budget per method, Dice on the slices nobody labeled.
 
-    With ``uncertainty_round`` the budget is split: half with K-1 evenly spaced slices, then the
-    teacher's most uncertain unlabeled slice is added (as the widget's "next uncertain slice" does).
+    ``selection="even"``: K slices evenly spaced inside the structure. ``"uncertainty"``: K-1 evenly
+    spaced, and halfway through the budget the teacher's most uncertain unlabeled slice is labeled too
+    (what a user pressing "Next uncertain slice" then correcting it does). ``iterations`` replaces the
+    time budget by a step budget (to compare settings at equal work).
     """
+    if selection not in ("even", "uncertainty"):
+        raise InputError(f"Unknown slice selection '{selection}': use even or uncertainty.")
     classes = [c for c in np.unique(case.labels) if c != 0]
-    labeled = evenly_spaced_slices(case.labels, axis, k)
-    interp = interpolate_labels(case.labels, labeled, axis=axis)
-    result = SessionResult(case.name, labeled, unlabeled_dice(interp, case.labels, labeled, axis, classes))
+    even = evenly_spaced_slices(case.labels, axis, k)
+    interp = interpolate_labels(case.labels, even, axis=axis)
+    result = SessionResult(case.name, even, unlabeled_dice(interp, case.labels, even, axis, classes))
+    start = even if selection == "even" else evenly_spaced_slices(case.labels, axis, k - 1)
     cfg0 = base_config or TrainConfig()
     for name in methods:
-        cfg = replace(cfg0, method=name, minutes=seconds / 60.0, iterations=None)
-        masked = np.zeros_like(case.labels)
-        idx = [slice(None)] * case.labels.ndim
-        for i in labeled:
-            idx[axis] = i
-            masked[tuple(idx)] = case.labels[tuple(idx)]
-        vol = Volume(case.image, masked, set(labeled), axis=axis, channels=case.channels, name=case.name)
-        resume = (warm_start or {}).get(name)
+        cfg = replace(cfg0, method=name, minutes=None if iterations else seconds / 60.0, iterations=iterations)
+        vol = Volume(case.image, labels_on_slices(case.labels, start, axis), set(start), axis=axis,
+                     channels=case.channels, name=case.name)
         t0 = time.perf_counter()
-        trainer = Trainer([vol], cfg, resume_from=resume)
-        report = trainer.train()
+        trainer = Trainer([vol], cfg, resume_from=(warm_start or {}).get(name))
+        added = selection == "even"
+        report = None
+        for report in trainer.run():
+            if not added and report.progress is not None and report.progress >= 0.5:
+                scores = trainer.predict()[0].slice_scores.copy()
+                scores[sorted(vol.labeled)] = -np.inf
+                chosen = sorted(vol.labeled | {int(np.argmax(scores))})
+                trainer.update_labels(LabelUpdate(labels_on_slices(case.labels, chosen, axis), set(chosen)))
+                added = True
+        labeled = sorted(vol.labeled)
         teacher = report.prediction[0].labels
         student = predict_volume(trainer.method.student, vol, trainer.canvas, trainer.context,
                                  device=trainer.device, precision=trainer.precision,
@@ -122,10 +131,26 @@ def run_session(case: Case, methods: list[str], *, k: int = 3, axis: int = 0, se
         result.methods[name] = {
             "dice": unlabeled_dice(teacher, case.labels, labeled, axis, classes),
             "student_dice": unlabeled_dice(student, case.labels, labeled, axis, classes),
+            "labeled": labeled,
             "iterations": report.iteration,
             "seconds": round(time.perf_counter() - t0, 1),
         }
     return result
+
+
+def train_warm_start(cases: list[Case], methods: list[str], out_dir: str | os.PathLike, *, axis: int,
+                     minutes: float, base_config: TrainConfig | None = None) -> dict[str, str]:
+    """Models trained on fully labeled other volumes: what a clinician has after the first cases."""
+    vols = [Volume(c.image, c.labels, set(range(c.labels.shape[axis])), axis=axis, channels=c.channels,
+                   name=c.name) for c in cases]
+    out = {}
+    for name in methods:
+        path = Path(out_dir) / f"warm-{name}"
+        cfg = replace(base_config or TrainConfig(), method=name, minutes=minutes, iterations=None,
+                      final_prediction=False)
+        Trainer(vols, cfg, out_dir=path).train()
+        out[name] = str(path)
+    return out
 
 
 # --------------------------------------------------------------------------------------------- dataset

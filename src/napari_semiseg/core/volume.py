@@ -234,3 +234,15 @@ def labeled_slices_from_labels(labels: np.ndarray, axis: int) -> set[int]:
         return {0} if labels.any() else set()
     other = tuple(a for a in range(3) if a != axis)
     return {int(i) for i in np.flatnonzero(np.any(labels, axis=other))}
+
+
+def labels_on_slices(labels: np.ndarray, slices, axis: int) -> np.ndarray:
+    """A copy of ``labels`` that keeps only the given slices (what a user who labeled them has)."""
+    out = np.zeros_like(labels)
+    if labels.ndim == 2:
+        return np.array(labels, copy=True) if slices else out
+    idx = [slice(None)] * labels.ndim
+    for i in slices:
+        idx[axis] = int(i)
+        out[tuple(idx)] = labels[tuple(idx)]
+    return out

@@ -61,6 +61,7 @@ class SessionController:
         self._pending_labels = False
         self._progress_bar = None
         self._done = threading.Event()
+        self._stop_requested = False
         self.autosave_dir = Path.home() / ".napari-semiseg" / "autosave"
 
     # ------------------------------------------------------------------ layers and slices
@@ -184,11 +185,11 @@ class SessionController:
         if not labeled:
             raise InputError("No slice is labeled yet: paint a few slices (or mark empty ones with "
                              "'Mark slice as labeled'), then press Train.")
-        volume = self._snapshot_volume(labeled)
+        snapshot = self._snapshot(labeled)
         if config.threads is None:
             config.threads = gui_thread_count()
-        self.trainer = Trainer([volume], config, resume_from=resume_from,
-                               out_dir=self.autosave_dir / _safe(self.state.image_layer.name))
+        self.trainer = None
+        self._stop_requested = False
         self.state.loss_history.clear()
         self._ensure_live_layers()
         from napari.qt.threading import create_worker
@@ -197,33 +198,41 @@ class SessionController:
         self._progress_bar = progress(total=100 if (config.minutes or config.iterations) else 0,
                                       desc="semiseg: training")
         self._done = threading.Event()
+        out_dir = self.autosave_dir / _safe(self.state.image_layer.name)
         # errors are ours to report (a notification), not to re-raise in the event loop
-        self.worker = create_worker(self._run_trainer, _connect={"yielded": self._on_report,
-                                                                 "errored": self._on_error,
-                                                                 "finished": self._on_finished},
+        self.worker = create_worker(self._run_trainer, snapshot, config, resume_from, out_dir,
+                                    _connect={"yielded": self._on_report, "errored": self._on_error,
+                                              "finished": self._on_finished},
                                     _start_thread=True)
         self.on_change()
 
-    def _run_trainer(self):
-        """The trainer's generator, with a flag the GUI thread can wait on when the viewer closes.
+    def _run_trainer(self, snapshot: dict, config: TrainConfig, resume_from, out_dir):
+        """Builds the trainer and runs its generator, all in the worker thread.
 
-        Errors are re-raised as :class:`TrainingFailed`: superqt's worker takes any RuntimeError
-        (which torch's out-of-memory and CUDA errors are) for a deleted Qt object and only warns,
-        so the user would never hear of the failure.
+        Building happens here, not in the click handler, because normalisation statistics and the
+        network's construction stalled the viewer for 0.4 s. Errors are re-raised as
+        :class:`TrainingFailed`: superqt's worker takes any RuntimeError (which torch's
+        out-of-memory and CUDA errors are) for a deleted Qt object and only warns, so the user
+        would never hear of the failure. ``_done`` lets the GUI thread wait when the viewer closes.
         """
         try:
+            self.trainer = Trainer([Volume(**snapshot)], config, resume_from=resume_from, out_dir=out_dir)
+            if self._stop_requested:
+                self.trainer.stop()
             yield from self.trainer.run()
+        except InputError as err:
+            raise TrainingFailed(str(err)) from err
         except Exception as err:
             raise TrainingFailed(f"{type(err).__name__}: {err}".split("\n")[0]) from err
         finally:
             self._done.set()
 
-    def _snapshot_volume(self, labeled: set[int]) -> Volume:
+    def _snapshot(self, labeled: set[int]) -> dict:
+        """What the trainer gets: the image as is and a copy of the labels (it never sees half-painted edits)."""
         img = self.state.image_layer
-        rgb = bool(getattr(img, "rgb", False))
-        labels = np.array(self.state.labels_layer.data, copy=True)  # the trainer never sees half-painted edits
-        return Volume(np.asarray(img.data), labels, labeled, axis=self.state.axis if self.is_3d else 0,
-                      channels=rgb, name=img.name)
+        return {"image": np.asarray(img.data), "labels": np.array(self.state.labels_layer.data, copy=True),
+                "labeled": set(labeled), "axis": self.state.axis if self.is_3d else 0,
+                "channels": bool(getattr(img, "rgb", False)), "name": img.name}
 
     def pause(self) -> None:
         if self.trainer is not None:
@@ -241,6 +250,7 @@ class SessionController:
 
     def stop(self) -> None:
         """Stop training; the trainer saves its model (autosave folder) before it ends."""
+        self._stop_requested = True
         if self.trainer is not None:
             self.trainer.resume()
             self.trainer.stop()
@@ -292,9 +302,9 @@ class SessionController:
 
     # ------------------------------------------------------------------ live layers
     def _live_kwargs(self) -> dict:
+        """Live layers sit exactly on the image (an RGB layer's scale already omits the colour axis)."""
         img = self.state.image_layer
-        scale = tuple(img.scale[:-1]) if getattr(img, "rgb", False) and len(img.scale) > img.ndim else tuple(img.scale)
-        return {"scale": scale, "translate": tuple(img.translate)}
+        return {"scale": tuple(img.scale), "translate": tuple(img.translate)}
 
     def _ensure_live_layers(self) -> None:
         shape = self._spatial_shape(self.state.image_layer)
@@ -302,8 +312,8 @@ class SessionController:
         if PSEUDO not in self.viewer.layers:
             self.viewer.add_labels(np.zeros(shape, np.uint8), name=PSEUDO, opacity=0.45, **kw)
         if UNCERTAINTY not in self.viewer.layers:
-            self.viewer.add_image(np.zeros(shape, np.float32), name=UNCERTAINTY, colormap="inferno",
-                                  contrast_limits=(0.0, 1.0), blending="additive", opacity=0.6, **kw)
+            self.viewer.add_image(np.zeros(shape, np.float32), name=UNCERTAINTY, colormap=uncertainty_colormap(),
+                                  contrast_limits=(0.0, 1.0), blending="translucent", opacity=0.8, **kw)
         if self.show_uncertain_regions and UNCERTAIN_REGIONS not in self.viewer.layers:
             self.viewer.add_labels(np.zeros(shape, np.uint8), name=UNCERTAIN_REGIONS, opacity=0.6, **kw)
         # keep the user's labels on top so painting stays visible
@@ -421,6 +431,15 @@ class SessionController:
             self.stop()  # the generator ends its loop, saves the model and returns
             self._done.wait(timeout=120)
             self._cleanup_worker()
+
+
+def uncertainty_colormap():
+    """Inferno (perceptual) whose opacity grows with uncertainty: certain voxels leave the scan visible."""
+    from napari.utils.colormaps import AVAILABLE_COLORMAPS, Colormap
+
+    colors = np.array(AVAILABLE_COLORMAPS["inferno"].colors, float)
+    colors[:, 3] = np.linspace(0.0, 1.0, len(colors)) ** 0.7
+    return Colormap(colors, name="semiseg uncertainty")
 
 
 def _source_meta(layer) -> dict:

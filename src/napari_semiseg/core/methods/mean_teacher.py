@@ -7,17 +7,19 @@ from dataclasses import dataclass
 import torch
 
 from ..losses import sigmoid_rampup, supervised_loss
-from .base import Batch, Method, MethodSettings, TeacherMixin, TrainState, noisy, two_stream_forward
+from .base import (Batch, Method, MethodSettings, TeacherMixin, TrainState, batch_stats_forward, noisy,
+                   two_stream_forward)
 
 
 @dataclass
 class MeanTeacherSettings(MethodSettings):
     ema_decay: float = 0.99
-    consistency: float = 1.0  # weight of the consistency term once ramped up
+    consistency: float = 0.1  # weight once ramped up (SSL4MIS's; 1.0 collapsed on some volumes)
     rampup_fraction: float = 0.3  # of the budget; SSL4MIS ramps over its whole 30k-iteration run
     rampup_iterations: int = 600  # used when training runs until stopped
     noise_std: float = 0.1
     noise_clip: float = 0.2
+    teacher_norm: str = "running"  # "running": eval mode (measured better); "batch": the unlabeled batch's BN statistics
 
 
 class MeanTeacher(TeacherMixin, Method):
@@ -43,8 +45,13 @@ class MeanTeacher(TeacherMixin, Method):
         logits = two_stream_forward(self.student, batch)
         sup = supervised_loss(logits[:nl], batch.y_l)
         with torch.no_grad():
-            self.teacher.eval()
-            target = torch.softmax(self.teacher(noisy(batch.x_u, s.noise_std, s.noise_clip)).float(), 1)
+            x_t = noisy(batch.x_u, s.noise_std, s.noise_clip)
+            if s.teacher_norm == "batch":
+                logits_t = batch_stats_forward(self.teacher, x_t)
+            else:
+                self.teacher.eval()
+                logits_t = self.teacher(x_t)
+            target = torch.softmax(logits_t.float(), 1)
         cons = torch.mean((torch.softmax(logits[nl:].float(), 1) - target) ** 2)
         w = s.consistency * sigmoid_rampup(state.ramp(s.rampup_fraction, s.rampup_iterations), 1.0)
         return {"loss": sup + w * cons, "supervised": sup.detach(), "consistency": cons.detach(),
