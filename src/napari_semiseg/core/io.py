@@ -279,7 +279,7 @@ def _read_tiff(path: Path) -> LoadedImage:
     try:
         with tifffile.TiffFile(str(path)) as tif:
             data = tif.asarray()
-            spacing = _tiff_spacing(tif, data)
+            spacing = _tiff_spacing(tif)
     except (tifffile.TiffFileError, EOFError, OSError, ValueError, zlib.error) as err:
         raise _corrupt(path, err) from None
     data = np.squeeze(data) if data.ndim > 3 else data
@@ -292,7 +292,7 @@ def _read_tiff(path: Path) -> LoadedImage:
     return LoadedImage(data, SourceInfo(str(path), "tiff", tuple(spacing)), rgb=rgb)
 
 
-def _tiff_spacing(tif, data) -> tuple[float, ...]:
+def _tiff_spacing(tif) -> tuple[float, ...]:
     """Pixel spacing from ImageJ metadata or resolution tags; 1.0 where unknown."""
     try:
         page = tif.pages[0]

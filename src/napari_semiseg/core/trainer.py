@@ -331,7 +331,7 @@ class Trainer:
 
     def train(self, progress_bar: bool = False) -> Report:
         """Run to the end without a GUI; return the final report."""
-        bar = _progress_bar(self.config) if progress_bar else None
+        bar = _ProgressBar(self.config) if progress_bar else None
         last = None
         for last in self.run():
             if bar is not None:
@@ -411,7 +411,9 @@ def load_method(path: str | os.PathLike) -> tuple[Method, dict]:
     return method, meta
 
 
-class _progress_bar:
+class _ProgressBar:
+    """A tqdm bar in percent of the budget (or in iterations when training runs until stopped)."""
+
     def __init__(self, config: TrainConfig):
         from tqdm import tqdm
 

@@ -45,9 +45,3 @@ def empty_labels_for(loaded: LoadedImage, name: str) -> tuple:
 
 def source_from_meta(meta: dict | None) -> SourceInfo | None:
     return SourceInfo.from_metadata((meta or {}).get(SOURCE_KEY))
-
-
-def default_export_name(source: SourceInfo | None, suffix: str) -> str:
-    stem = stem_of(source.path) if source and source.path else "labels"
-    return f"{stem}_labels{suffix}" if not stem.endswith("labels") else f"{stem}{suffix}"
-
