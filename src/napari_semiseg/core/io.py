@@ -477,31 +477,32 @@ def _write_tiff(tmp: str, labels: np.ndarray) -> None:
     tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack", metadata=None)
 
 
+def _to_file_grid(data: np.ndarray, source: SourceInfo | None, spacing=None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Display-order ``data`` as NIfTI voxels plus its affine; True when it is the scan's own grid.
+
+    Without a NIfTI scan to align to, display (z, y, x) is stored as LPS voxels with ``spacing``.
+    """
+    if source is not None and source.format == "nifti" and source.to_display is not None:
+        grid = _undo_display(data, source.to_display) if data.ndim == 3 else data.T
+        if source.file_shape is not None and tuple(grid.shape) != tuple(source.file_shape):
+            raise InputError(f"The data have shape {data.shape} but the scan {Path(source.path).name} "
+                             f"has {tuple(source.file_shape)} voxels; they must match.")
+        return np.ascontiguousarray(grid), np.asarray(source.affine, float), True
+    sp = tuple(spacing) if spacing else (source.spacing if source is not None and source.spacing else None)
+    sp = sp or (1.0,) * data.ndim
+    if data.ndim == 3:
+        return np.ascontiguousarray(np.transpose(data, (2, 1, 0))), np.diag([-sp[2], -sp[1], sp[0], 1.0]), False
+    return np.ascontiguousarray(data.T), np.diag([-sp[1], -sp[0], 1.0, 1.0]), False
+
+
 def _write_nifti(tmp: str, labels: np.ndarray, source: SourceInfo | None, spacing) -> None:
     import nibabel as nib
 
-    if source is not None and source.format == "nifti" and source.to_display is not None:
-        data = _undo_display(labels, source.to_display) if labels.ndim == 3 else labels.T
-        if source.file_shape is not None and tuple(data.shape) != tuple(source.file_shape):
-            raise InputError(f"The labels have shape {labels.shape} but the scan {Path(source.path).name} "
-                             f"has {tuple(source.file_shape)} voxels; they must match.")
-        affine = np.asarray(source.affine, float)
-        img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
-        img.set_qform(affine, code=max(1, int(source.header.get("qform_code", 1))))
-        img.set_sform(affine, code=max(1, int(source.header.get("sform_code", 1))))
-    else:
-        # No scan to align to: store display (z, y, x) as LPS voxels with the given spacing.
-        sp = tuple(spacing) if spacing else (source.spacing if source is not None and source.spacing else None)
-        sp = sp or (1.0,) * labels.ndim
-        if labels.ndim == 3:
-            data = np.transpose(labels, (2, 1, 0))
-            affine = np.diag([-sp[2], -sp[1], sp[0], 1.0])
-        else:
-            data = labels.T
-            affine = np.diag([-sp[1], -sp[0], 1.0, 1.0])
-        img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
-        img.set_qform(affine, code=1)
-        img.set_sform(affine, code=1)
+    grid, affine, on_scan = _to_file_grid(labels, source, spacing)
+    img = nib.Nifti1Image(grid, affine)
+    codes = (source.header.get("qform_code", 1), source.header.get("sform_code", 1)) if on_scan else (1, 1)
+    img.set_qform(affine, code=max(1, int(codes[0])))
+    img.set_sform(affine, code=max(1, int(codes[1])))
     img.set_data_dtype(labels.dtype)
     img.header["descrip"] = b"napari-semiseg labels"
     nib.save(img, tmp)
@@ -515,13 +516,8 @@ def write_float_map(path: str | os.PathLike, data: np.ndarray, source: SourceInf
     if suffix in NIFTI_SUFFIXES:
         import nibabel as nib
 
-        if source is not None and source.format == "nifti" and source.to_display is not None:
-            grid = _undo_display(data, source.to_display) if data.ndim == 3 else data.T
-            affine = np.asarray(source.affine, float)
-        else:
-            grid = np.transpose(data, (2, 1, 0)) if data.ndim == 3 else data.T
-            affine = np.diag([-1.0, -1.0, 1.0, 1.0])
-        _atomic_write(path, suffix, lambda tmp: nib.save(nib.Nifti1Image(np.ascontiguousarray(grid), affine), tmp))
+        grid, affine, _ = _to_file_grid(data, source)
+        _atomic_write(path, suffix, lambda tmp: nib.save(nib.Nifti1Image(grid, affine), tmp))
     elif suffix in TIFF_SUFFIXES:
         import tifffile
 

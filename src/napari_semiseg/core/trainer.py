@@ -198,6 +198,10 @@ class Trainer:
     def resume(self) -> None:
         self._paused.clear()
 
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
     def update_labels(self, update: LabelUpdate) -> None:
         """Queue new labels; applied between two steps (also reachable through ``send``)."""
         with self._lock:

@@ -251,7 +251,7 @@ class SessionController:
 
     @property
     def paused(self) -> bool:
-        return self.trainer is not None and self.trainer._paused.is_set()
+        return self.trainer is not None and self.trainer.paused
 
     def stop(self) -> None:
         """Stop training; the trainer saves its model (autosave folder) before it ends."""
