@@ -179,13 +179,19 @@ def test_removing_the_image_or_closing_the_viewer_while_training(make_napari_vie
 
 
 def test_save_load_and_resume_from_the_widget(session, qtbot, tmp_path):
+    import gc
+
     viewer, widget = session
     c = widget.controller
+    thresholds_before = gc.get_threshold()
     paint_reference(viewer.layers["annotations"])
     widget.budget_spin.setValue(0.05)  # 3 s
     click(widget, "train_button")
     qtbot.waitUntil(lambda: not c.running, timeout=60000)
     first = c.state.last_report.iteration
+    import gc
+
+    assert gc.get_threshold() == thresholds_before  # training's collector settings are undone
     out = c.save_model(tmp_path / "saved")
     meta = c.load_model(out)
     assert meta["iteration"] == first

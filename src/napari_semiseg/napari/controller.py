@@ -27,6 +27,9 @@ UNCERTAIN_REGIONS = "uncertain regions"
 SEGMENTATION = "segmentation"
 
 
+TRAINING_GC_THRESHOLDS = (20000, 50, 50)  # Python's defaults are (700, 10, 10)
+
+
 class TrainingFailed(Exception):
     """An error inside the training thread, carried to the GUI thread."""
 
@@ -63,6 +66,7 @@ class SessionController:
         self._progress_bar = None
         self._done = threading.Event()
         self._stop_requested = False
+        self._gc_thresholds = None
         self.autosave_dir = Path.home() / ".napari-semiseg" / "autosave"
 
     # ------------------------------------------------------------------ layers and slices
@@ -187,10 +191,14 @@ class SessionController:
             raise InputError("No slice is labeled yet: paint a few slices (or mark empty ones with "
                              "'Mark slice as labeled'), then press Train.")
         snapshot = self._snapshot(labeled)
-        # A full garbage collection over napari's hundreds of thousands of objects, triggered by the
-        # training thread's allocations, holds the GIL for 0.3-0.4 s and freezes the viewer.
-        # Freezing what exists now (it is long-lived) took the worst stall to 0.14 s.
+        # Garbage collections over napari's hundreds of thousands of objects, triggered by the
+        # training thread's allocations, hold the GIL for up to 0.4 s and freeze the viewer. Freezing
+        # what exists now (it is long-lived) and collecting less often while training took the worst
+        # stall to about 0.1 s (benchmarks/RESULTS.md section 6); thresholds are restored afterwards.
         gc.freeze()
+        if self._gc_thresholds is None:
+            self._gc_thresholds = gc.get_threshold()
+            gc.set_threshold(*TRAINING_GC_THRESHOLDS)
         if config.threads is None:
             config.threads = gui_thread_count()
         self.trainer = None
@@ -300,6 +308,9 @@ class SessionController:
 
     def _cleanup_worker(self) -> None:
         self.worker = None
+        if self._gc_thresholds is not None:
+            gc.set_threshold(*self._gc_thresholds)
+            self._gc_thresholds = None
         if self._progress_bar is not None:
             self._progress_bar.close()
             self._progress_bar = None
