@@ -222,10 +222,10 @@ def cmd_predict(args) -> int:
     from .core.io import read_image, write_float_map, write_labels
     from .core.trainer import load_method, predict_with_model, volume_for_model
 
-    _, meta = load_method(args.model)
+    method, meta = load_method(args.model)
     image = read_image(args.image, as_labels=False)
     volume = volume_for_model(image.data, meta, channels=image.rgb, name=Path(args.image).name)
-    pred = predict_with_model(args.model, volume, device=args.device)
+    pred = predict_with_model(method, meta, volume, device=args.device)
     written = write_labels(args.out, pred.labels, image.source)
     print(f"Mask: {written.resolve()}")
     if args.uncertainty:

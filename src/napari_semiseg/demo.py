@@ -13,7 +13,7 @@ from .core.benchmark import evenly_spaced_slices, unlabeled_dice
 from .core.interpolation import interpolate_labels
 from .core.io import read_image, read_labels, write_float_map
 from .core.trainer import TrainConfig, Trainer
-from .core.volume import Volume, labels_on_slices
+from .core.volume import Volume, final_segmentation, labels_on_slices
 from .napari.layers import layer_data
 from .napari.writer import write_labels_nifti, write_labels_tiff
 from .samples import sample_image, sample_labels
@@ -35,11 +35,7 @@ def run_headless(out: Path, seconds: float = DEMO_SECONDS) -> list[Path]:
     report = trainer.train(progress_bar=True)
     pred = report.prediction[0]
     # the user's labels win on the slices they labeled; the teacher fills the rest
-    final = pred.labels.copy()
-    idx = [slice(None)] * 3
-    for i in labeled:
-        idx[DEMO_AXIS] = i
-        final[tuple(idx)] = painted[tuple(idx)]
+    final = final_segmentation(pred.labels, painted, labeled, DEMO_AXIS)
     data, attrs, _ = layer_data(reference, name="segmentation")
     written = [Path(p) for p in write_labels_nifti(str(out / "hippocampus_001_segmentation.nii.gz"), final, attrs)]
     written += [Path(p) for p in write_labels_tiff(str(out / "hippocampus_001_segmentation.tif"), final, attrs)]

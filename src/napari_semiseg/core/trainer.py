@@ -302,7 +302,7 @@ class Trainer:
                 break
             self._apply_pending()
             losses = self.step(progress)
-            window_n += c.batch_size if c.method != "supervised" else c.labeled_batch
+            window_n += self.sampler.labeled_batch + self.sampler.unlabeled_batch
             now = time.perf_counter()
             if now - window_t >= 1.0:
                 rate = window_n / (now - window_t)
@@ -451,8 +451,8 @@ def volume_for_model(image: np.ndarray, meta: dict, *, channels: bool, name: str
                   name=name)
 
 
-def predict_with_model(path: str | os.PathLike, volume: Volume, device: str = "auto") -> Prediction:
-    method, meta = load_method(path)
+def predict_with_model(method: Method, meta: dict, volume: Volume, device: str = "auto") -> Prediction:
+    """Predict ``volume`` with a method loaded by :func:`load_method`."""
     dev = choose_device(device)
     method.to(dev)
     precision = resolve_precision("auto", dev)

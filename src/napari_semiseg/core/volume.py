@@ -238,11 +238,16 @@ def labeled_slices_from_labels(labels: np.ndarray, axis: int) -> set[int]:
 
 def labels_on_slices(labels: np.ndarray, slices, axis: int) -> np.ndarray:
     """A copy of ``labels`` that keeps only the given slices (what a user who labeled them has)."""
-    out = np.zeros_like(labels)
-    if labels.ndim == 2:
-        return np.array(labels, copy=True) if slices else out
-    idx = [slice(None)] * labels.ndim
-    for i in slices:
+    return final_segmentation(np.zeros_like(labels), labels, slices, axis)
+
+
+def final_segmentation(predicted: np.ndarray, user: np.ndarray, labeled, axis: int) -> np.ndarray:
+    """The user's labels on the slices they labeled, the prediction everywhere else."""
+    out = np.array(predicted, dtype=user.dtype, copy=True)
+    if user.ndim == 2:
+        return np.array(user, copy=True) if labeled else out
+    idx = [slice(None)] * user.ndim
+    for i in labeled:
         idx[axis] = int(i)
-        out[tuple(idx)] = labels[tuple(idx)]
+        out[tuple(idx)] = user[tuple(idx)]
     return out

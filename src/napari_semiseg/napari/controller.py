@@ -18,7 +18,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..core.io import InputError
 from ..core.trainer import LabelUpdate, Report, TrainConfig, Trainer, load_method
-from ..core.volume import Volume, labeled_slices_from_labels
+from ..core.volume import Volume, final_segmentation, labeled_slices_from_labels
 from .layers import SOURCE_KEY
 
 PSEUDO = "pseudo-labels"
@@ -204,7 +204,7 @@ class SessionController:
         self.trainer = None
         self._stop_requested = False
         self.state.loss_history.clear()
-        self._ensure_live_layers()
+        self._ensure_live_layers(arrange=True)
         from napari.qt.threading import create_worker
         from napari.utils import progress
 
@@ -322,7 +322,8 @@ class SessionController:
         img = self.state.image_layer
         return {"scale": tuple(img.scale), "translate": tuple(img.translate)}
 
-    def _ensure_live_layers(self) -> None:
+    def _ensure_live_layers(self, arrange: bool = False) -> None:
+        """Create missing live layers; with ``arrange`` (at Train) put the user's labels on top and select them."""
         shape = self._spatial_shape(self.state.image_layer)
         kw = self._live_kwargs()
         if PSEUDO not in self.viewer.layers:
@@ -334,7 +335,7 @@ class SessionController:
             self.viewer.add_labels(np.zeros(shape, np.uint8), name=UNCERTAIN_REGIONS, opacity=0.6, **kw)
         # keep the user's labels on top so painting stays visible
         lab = self.state.labels_layer
-        if lab in self.viewer.layers:
+        if arrange and lab in self.viewer.layers:
             self.viewer.layers.move(self.viewer.layers.index(lab), len(self.viewer.layers))
             self.viewer.layers.selection.active = lab
 
@@ -410,14 +411,8 @@ class SessionController:
         if PSEUDO not in self.viewer.layers:
             raise InputError("No prediction yet: train first.")
         lab = self.state.labels_layer
-        final = np.array(self.viewer.layers[PSEUDO].data, dtype=lab.data.dtype, copy=True)
-        user = np.asarray(lab.data)
-        labeled = self.labeled_slices()
-        sl = [slice(None)] * lab.ndim
-        for i in labeled:
-            if self.is_3d:
-                sl[self.state.axis] = i
-            final[tuple(sl)] = user[tuple(sl)]
+        final = final_segmentation(self.viewer.layers[PSEUDO].data, np.asarray(lab.data), self.labeled_slices(),
+                                   self.state.axis)
         meta = _source_meta(self.state.image_layer) or dict(lab.metadata)
         if SEGMENTATION in self.viewer.layers:
             self.viewer.layers[SEGMENTATION].data = final
