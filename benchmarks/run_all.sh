@@ -28,3 +28,23 @@ wait
 # slice choice: K-1 evenly spaced, then the teacher's most uncertain slice halfway through
 $BIN benchmark $HIPPO --protocol session --volumes 10 --k 3 --seconds 60 --axis 2 --selection uncertainty \
      --methods mean-teacher --threads 1 --json $OUT/session_uncertainty.json > $OUT/session_uncertainty.log 2>&1
+
+# ---- the mission's methods (issues 5 and 6): every method, same protocols and budgets
+NEW="supervised,mean-teacher,bcp,sra-seg,sgrs-net,barl,transmedseg"
+S="--protocol session --volumes 10 --k 3 --seconds 60 --axis 2 --threads 1"
+$BIN benchmark $HIPPO $S --methods "supervised,mean-teacher,bcp,sra-seg" --json $OUT/methods_session_a.json > $OUT/methods_session_a.log 2>&1 &
+( $BIN benchmark $HIPPO $S --methods "sgrs-net,barl,transmedseg" --json $OUT/methods_session_b.json > $OUT/methods_session_b.log 2>&1
+  $BIN benchmark $HIPPO $S --methods "sra-seg[sa_mode=off],sra-seg[unlabeled_source=extra]" \
+       --json $OUT/methods_session_c.json > $OUT/methods_session_c.log 2>&1 ) &
+wait
+$BIN benchmark $HIPPO --protocol dataset --minutes 10 --axis 2 --threads 1 --methods "bcp,sra-seg,sgrs-net,barl,transmedseg" \
+     --json $OUT/methods_dataset_hippo.json > $OUT/methods_dataset_hippo.log 2>&1 &
+$BIN benchmark ../shared/data/chase_db1 --protocol dataset --test-count 8 --minutes 10 --threads 1 --methods "$NEW" \
+     --json $OUT/methods_dataset_chase.json > $OUT/methods_dataset_chase.log 2>&1 &
+wait
+# one ablation row per component, 3 volumes of the session protocol
+$BIN benchmark $HIPPO --protocol session --volumes 3 --k 3 --seconds 60 --axis 2 --threads 1 --methods \
+     "sra-seg[blend=hard],sgrs-net[inconsistent=hard],sgrs-net[inconsistent=exclude],sgrs-net[exclude_uncertain=false],barl[cps_weight=0,consistency_weight=0],barl[pcbc_weight=0],barl[region_weight=0],barl[instance_weight=0],transmedseg[tsa_weight=0],transmedseg[direction=teacher-to-student]" \
+     --json $OUT/methods_ablation.json > $OUT/methods_ablation.log 2>&1
+# SGRS-Net's released pseudo-label weight (1.0) against the 0.1 our mean teacher measured best
+$BIN benchmark $HIPPO $S --methods "sgrs-net[pseudo_weight=0.1]" --json $OUT/methods_session_d.json > $OUT/methods_session_d.log 2>&1

@@ -49,6 +49,51 @@ def dataset_table(path: Path) -> str:
     return "\n".join(rows)
 
 
+def merged_session_table(paths: list[Path], only_volumes: int | None = None) -> str:
+    """Several session runs over the same volumes as one table: teacher Dice per method, and the
+    mean iterations each method reached in its budget."""
+    runs = [json.loads(p.read_text()) for p in paths if p.exists()]
+    if not runs:
+        return "(no results)"
+    volumes = runs[0]["volumes"][:only_volumes]
+    methods = [m for r in runs for m in r["volumes"][0]["methods"]]
+    per = {v["case"]: {} for v in volumes}
+    for r in runs:
+        for v in r["volumes"]:
+            if v["case"] in per:
+                per[v["case"]].update(v["methods"])
+    rows = ["| volume | interpolation | " + " | ".join(methods) + " |", "|" + "---|" * (2 + len(methods))]
+    for v in volumes:
+        rows.append(f"| {v['case']} | {v['interpolation']:.3f} | " + " | ".join(
+            f"{per[v['case']][m]['dice']:.3f}" for m in methods) + " |")
+    mean = {m: sum(per[c][m]["dice"] for c in per) / len(per) for m in methods}
+    interp = sum(v["interpolation"] for v in volumes) / len(volumes)
+    rows.append(f"| **mean** | **{interp:.3f}** | " + " | ".join(f"**{mean[m]:.3f}**" for m in methods) + " |")
+    rows.append("| student mean | | " + " | ".join(
+        f"{sum(per[c][m]['student_dice'] for c in per) / len(per):.3f}" for m in methods) + " |")
+    rows.append("| iterations (mean) | | " + " | ".join(
+        f"{sum(per[c][m]['iterations'] for c in per) / len(per):.0f}" for m in methods) + " |")
+    if "mean-teacher" in methods:
+        mt = {c: per[c]["mean-teacher"]["dice"] for c in per}
+        rows.append("| better than mean teacher on | | " + " | ".join(
+            f"{sum(per[c][m]['dice'] > mt[c] for c in per)}/{len(per)}" for m in methods) + " |")
+    return "\n".join(rows)
+
+
+def dataset_methods_table(path: Path) -> str:
+    d = json.loads(path.read_text())
+    rows = [f"{d['n_train_volumes']} training images/volumes ({d['n_labeled_volumes']} labeled), "
+            f"{len(d['test'])} test.\n",
+            "| method | teacher Dice | teacher HD95 (vox) | student Dice | iterations |", "|---|---|---|---|---|"]
+    for m, r in d["methods"].items():
+        t, st = r["teacher"]["mean"], r["student"]["mean"]
+        rows.append(f"| {m} | {t['dice']:.4f} | {t['hd95']:.2f} | {st['dice']:.4f} | {r['iterations']} |")
+    if "second_observer" in d:
+        so = d["second_observer"]["mean"]
+        rows.append(f"| second observer (human ceiling) | {so['dice']:.4f} | {so['hd95']:.2f} | | |")
+    return "\n".join(rows)
+
+
 def main():
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/out")
     for name in ("session_iso", "session_aniso", "session_warm", "session_uncertainty"):
@@ -58,6 +103,15 @@ def main():
     p = out / "dataset.json"
     if p.exists():
         print(f"### dataset\n\n{dataset_table(p)}\n")
+    session = [out / f"methods_session_{k}.json" for k in "abcd"]
+    if session[0].exists():
+        print(f"### methods, session\n\n{merged_session_table(session)}\n")
+        print(f"### methods, ablations (3 volumes)\n\n"
+              f"{merged_session_table(session + [out / 'methods_ablation.json'], only_volumes=3)}\n")
+    for name in ("methods_dataset_hippo", "methods_dataset_chase"):
+        p = out / f"{name}.json"
+        if p.exists():
+            print(f"### {name}\n\n{dataset_methods_table(p)}\n")
 
 
 if __name__ == "__main__":

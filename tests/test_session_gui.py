@@ -224,3 +224,36 @@ def test_2d_grey_and_rgb_images_train_and_show_live_layers(make_napari_viewer, q
     assert viewer.layers[PSEUDO].data.shape == (48, 40)
     assert viewer.layers[UNCERTAINTY].data.shape == (48, 40)
     assert c.labeled_slices() == {0}
+
+
+@pytest.mark.parametrize("method", ["sgrs-net", "barl"])
+def test_new_methods_train_from_the_widget_and_show_their_uncertainty(session, qtbot, method):
+    viewer, widget = session
+    c = widget.controller
+    paint_reference(c.state.labels_layer)
+    widget.method_combo.setCurrentText(method)
+    widget.budget_spin.setValue(0.05)  # 3 s
+    click(widget, "train_button")
+    assert c.running, _errors()
+    qtbot.waitUntil(lambda: not c.running, timeout=60000)
+    assert not _errors()
+    unc = viewer.layers[UNCERTAINTY].data
+    pseudo = viewer.layers[PSEUDO].data
+    assert unc.shape == pseudo.shape and 0 <= unc.min() and unc.max() <= 1
+    # these methods mark pixels whose views / branches disagree as fully uncertain
+    assert c.state.last_report.iteration > 0
+
+
+def test_method_settings_typed_in_the_widget_are_checked_before_training(session, tmp_path):
+    viewer, widget = session
+    c = widget.controller
+    paint_reference(c.state.labels_layer)
+    widget.method_combo.setCurrentText("sra-seg")
+    widget.method_settings_edit.setText("tau=0.4")
+    click(widget, "train_button")
+    assert not c.running and any("unknown setting" in e for e in _errors())
+    widget.method_settings_edit.setText("blend=box, sa_mode=off")
+    widget.unlabeled_dir_edit.setText(str(tmp_path / "nowhere"))
+    widget.unlabeled_source_combo.setCurrentText("extra")
+    cfg = widget.config()
+    assert cfg.method_settings == {"blend": "box", "sa_mode": "off"} and cfg.unlabeled_source == "extra"

@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     bm = sub.add_parser("benchmark", help="measure methods on real data (dataset or session protocol)")
     bm.add_argument("data", help="folder with images/ and labels/ (NIfTI/TIFF), or an SSL4MIS HDF5 folder")
     bm.add_argument("--protocol", required=True, choices=["dataset", "session"])
-    bm.add_argument("--methods", default="supervised,mean-teacher", help="comma-separated method names")
+    bm.add_argument("--methods", default="supervised,mean-teacher",
+                    help="comma-separated methods, each optionally with settings: sra-seg[sa_mode=off,blend=hard]")
     bm.add_argument("--axis", type=int, default=0, help="slice axis of 3D volumes (display order)")
     bm.add_argument("--volumes", type=int, help="session: use the first N volumes (sorted names)")
     bm.add_argument("--k", type=int, default=3, help="session: labeled slices per volume")
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     bm.add_argument("--labeled-fraction", type=float, default=0.1, help="dataset: fraction of training volumes labeled")
     bm.add_argument("--labeled-slices", type=int, default=136, help="SSL4MIS: first N slices of train_slices.list")
     bm.add_argument("--max-test", type=int, help="dataset: evaluate on at most N test volumes")
+    bm.add_argument("--test-count", type=int, help="dataset: the last N volumes are the test set (default: 20 %%)")
     _add_engine_options(bm)
     bm.add_argument("--json", metavar="FILE", help="write all results as JSON")
     return p
@@ -236,10 +238,11 @@ def cmd_predict(args) -> int:
 def cmd_benchmark(args) -> int:
     from .core import benchmark as bm
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    from .core.variants import parse_variant, split_methods
+
+    methods = split_methods(args.methods)
     for m in methods:
-        if m not in _method_names():
-            raise InputError(f"Unknown method '{m}': choose from {', '.join(_method_names())}.")
+        parse_variant(m)  # a clear error now rather than after the first method's training
     cfg = _config_from(args)
     data = Path(args.data)
     if not data.exists():
@@ -253,7 +256,8 @@ def cmd_benchmark(args) -> int:
         else:
             result = bm.run_dataset(bm.load_cases(data), methods, axis=args.axis, minutes=args.minutes,
                                     iterations=args.iterations, labeled_fraction=args.labeled_fraction,
-                                    max_test=args.max_test, base_config=cfg, progress=True)
+                                    max_test=args.max_test, test_count=args.test_count, base_config=cfg,
+                                    progress=True)
         _print_dataset(result)
     else:
         result = _session(args, bm, methods, cfg, data)
@@ -299,6 +303,8 @@ def _session(args, bm, methods, cfg, data) -> dict:
 def _print_dataset(result: dict) -> None:
     print(f"train volumes {result['n_train_volumes']} ({result['n_labeled_volumes']} labeled), "
           f"test volumes {len(result['test'])}")
+    if "second_observer" in result:
+        print(f"second observer (human ceiling): Dice {result['second_observer']['mean']['dice']:.4f}")
     for m, r in result["methods"].items():
         for which in ("teacher", "student"):
             mean = r[which]["mean"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -11,11 +12,20 @@ import numpy as np
 
 from .inference import predict_volume
 from .interpolation import interpolate_labels
-from .io import (NIFTI_SUFFIXES, TIFF_SUFFIXES, InputError, read_h5, read_image, read_labels,
-                 read_ssl4mis_split, stem_of, suffix_of)
+from .io import (NIFTI_SUFFIXES, PHOTO_SUFFIXES, READ_SUFFIXES, TIFF_SUFFIXES, InputError, read_h5, read_image,
+                 read_labels, read_ssl4mis_split, stem_of, suffix_of)
 from .metrics import mean_metrics, per_class_metrics, summarise
 from .trainer import LabelUpdate, TrainConfig, Trainer
+from .variants import config_for, parse_variant
 from .volume import Volume, labels_on_slices
+
+
+
+def synthetic_count(volumes: list[Volume]) -> int:
+    """How many stand-in synthetic images (variants.write_standin_synthetic) to make: about 9 per
+    labeled slice, as in SRA-Seg's ACDC list (1176 synthetic for 136 labeled), between 64 and 1000."""
+    labeled = sum(len(v.labeled) for v in volumes)
+    return int(min(1000, max(64, 9 * labeled)))
 
 
 @dataclass
@@ -25,30 +35,44 @@ class Case:
     labels: np.ndarray
     channels: bool = False
     spacing: tuple[float, ...] | None = None
+    second_observer: np.ndarray | None = None  # another expert's labels of the same image
+
+
+FIRST_OBSERVER, SECOND_OBSERVER = "_1stHO", "_2ndHO"
 
 
 def load_cases(data: str | os.PathLike) -> list[Case]:
-    """A folder with matching ``images/`` and ``labels/`` (NIfTI or TIFF), sorted by name."""
+    """A folder of ``images/`` and matching label maps, sorted by name.
+
+    Label maps are in ``labels/`` (or ``manual/``) under the image's name, or under the name plus
+    ``_1stHO`` with a second observer's ``_2ndHO`` beside it (the CHASE_DB1 layout), which is kept
+    as the human ceiling.
+    """
     root = Path(data)
     if (root / "data").is_dir() and (root / "train_slices.list").exists():
         raise InputError(f"{root} is an SSL4MIS HDF5 folder: use load_ssl4mis instead.")
-    img_dir, lab_dir = root / "images", root / "labels"
-    if not img_dir.is_dir() or not lab_dir.is_dir():
-        raise InputError(f"{root} needs images/ and labels/ subfolders with matching file names.")
+    img_dir = root / "images"
+    lab_dir = next((d for d in (root / "labels", root / "manual") if d.is_dir()), None)
+    if not img_dir.is_dir() or lab_dir is None:
+        raise InputError(f"{root} needs images/ and labels/ (or manual/) subfolders with matching file names.")
+    by_stem = {stem_of(q): q for q in lab_dir.iterdir() if suffix_of(q) in READ_SUFFIXES}
     cases = []
     for p in sorted(img_dir.iterdir()):
-        if suffix_of(p) not in NIFTI_SUFFIXES + TIFF_SUFFIXES:
+        if suffix_of(p) not in NIFTI_SUFFIXES + TIFF_SUFFIXES + PHOTO_SUFFIXES:
             continue
-        lab = next((q for q in lab_dir.iterdir() if stem_of(q) == stem_of(p)), None)
+        stem = stem_of(p)
+        lab = by_stem.get(stem) or by_stem.get(stem + FIRST_OBSERVER)
         if lab is None:
             raise InputError(f"{p.name} has no label map of the same name in {lab_dir}.")
         img = read_image(p, as_labels=False)
         labels = read_labels(lab)
         if labels.data.shape != img.spatial_shape:
             raise InputError(f"{p.name} {img.spatial_shape} and its labels {labels.data.shape} differ in shape.")
-        cases.append(Case(stem_of(p), img.data, labels.data, img.rgb, img.source.spacing))
+        second = by_stem.get(stem + SECOND_OBSERVER)
+        cases.append(Case(stem, img.data, labels.data, img.rgb, img.source.spacing,
+                          read_labels(second).data if second is not None else None))
     if not cases:
-        raise InputError(f"No NIfTI or TIFF images in {img_dir}.")
+        raise InputError(f"No image in {img_dir}.")
     return cases
 
 
@@ -108,10 +132,13 @@ def run_session(case: Case, methods: list[str], *, k: int = 3, axis: int = 0, se
     result = SessionResult(case.name, even, unlabeled_dice(interp, case.labels, even, axis, classes))
     start = even if selection == "even" else evenly_spaced_slices(case.labels, axis, k - 1)
     cfg0 = base_config or TrainConfig()
+    workdir = tempfile.TemporaryDirectory(prefix="semiseg-session-")
     for name in methods:
-        cfg = replace(cfg0, method=name, minutes=None if iterations else seconds / 60.0, iterations=iterations)
+        variant = parse_variant(name)
         vol = Volume(case.image, labels_on_slices(case.labels, start, axis), set(start), axis=axis,
                      channels=case.channels, name=case.name)
+        cfg = config_for(variant, replace(cfg0, minutes=None if iterations else seconds / 60.0, iterations=iterations),
+                         [vol], synthetic_count([vol]), workdir.name)
         t0 = time.perf_counter()
         trainer = Trainer([vol], cfg, resume_from=(warm_start or {}).get(name))
         added = selection == "even"
@@ -135,6 +162,7 @@ def run_session(case: Case, methods: list[str], *, k: int = 3, axis: int = 0, se
             "iterations": report.iteration,
             "seconds": round(time.perf_counter() - t0, 1),
         }
+    workdir.cleanup()
     return result
 
 
@@ -146,7 +174,7 @@ def train_warm_start(cases: list[Case], methods: list[str], out_dir: str | os.Pa
     out = {}
     for name in methods:
         path = Path(out_dir) / f"warm-{name}"
-        cfg = replace(base_config or TrainConfig(), method=name, minutes=minutes, iterations=None,
+        cfg = replace(parse_variant(name).apply(base_config or TrainConfig()), minutes=minutes, iterations=None,
                       final_prediction=False)
         Trainer(vols, cfg, out_dir=path).train()
         out[name] = str(path)
@@ -155,9 +183,11 @@ def train_warm_start(cases: list[Case], methods: list[str], out_dir: str | os.Pa
 
 # --------------------------------------------------------------------------------------------- dataset
 
-def split_cases(cases: list[Case], train_fraction: float = 0.8, labeled_fraction: float = 0.1):
-    """Sorted names: the first ``train_fraction`` train (of which the first ``labeled_fraction`` labeled)."""
-    n_train = max(1, int(round(len(cases) * train_fraction)))
+def split_cases(cases: list[Case], train_fraction: float = 0.8, labeled_fraction: float = 0.1,
+                test_count: int | None = None):
+    """Sorted names: the first ``train_fraction`` (or all but the last ``test_count``) train, of which
+    the first ``labeled_fraction`` are labeled."""
+    n_train = len(cases) - test_count if test_count else max(1, int(round(len(cases) * train_fraction)))
     train, test = cases[:n_train], cases[n_train:]
     n_lab = max(1, int(round(n_train * labeled_fraction)))
     if not test:
@@ -166,9 +196,10 @@ def split_cases(cases: list[Case], train_fraction: float = 0.8, labeled_fraction
 
 
 def run_dataset(cases: list[Case], methods: list[str], *, axis: int = 0, labeled_fraction: float = 0.1,
-                train_fraction: float = 0.8, max_test: int | None = None, **kwargs) -> dict:
+                train_fraction: float = 0.8, max_test: int | None = None, test_count: int | None = None,
+                **kwargs) -> dict:
     """Sorted cases: the first 80 % train (10 % of those labeled, the rest unlabeled), the rest test."""
-    labeled, unlabeled, test = split_cases(cases, train_fraction, labeled_fraction)
+    labeled, unlabeled, test = split_cases(cases, train_fraction, labeled_fraction, test_count)
     vols = [Volume(c.image, c.labels, set(range(c.labels.shape[axis] if c.labels.ndim == 3 else 1)),
                    axis=axis, channels=c.channels, name=c.name) for c in labeled]
     vols += [Volume(c.image, None, set(), axis=axis, channels=c.channels, name=c.name) for c in unlabeled]
@@ -184,10 +215,16 @@ def run_dataset_volumes(train: list[Volume], test: list[Case], methods: list[str
     classes = sorted({int(c) for case in test for c in np.unique(case.labels) if c != 0})
     out = {"n_train_volumes": len(train), "n_labeled_volumes": sum(1 for v in train if v.labeled),
            "test": [c.name for c in test], "classes": classes, "methods": {}}
+    if all(c.second_observer is not None for c in test):  # the human ceiling on the same test images
+        out["second_observer"] = summarise({c.name: per_class_metrics(c.second_observer, c.labels, classes=classes)
+                                            for c in test})
     cfg0 = base_config or TrainConfig()
+    workdir = tempfile.TemporaryDirectory(prefix="semiseg-dataset-")
     for name in methods:
-        cfg = replace(cfg0, method=name, minutes=minutes, iterations=iterations, refresh_seconds=1e9,
-                      first_refresh_seconds=1e9, final_prediction=False)
+        cfg = config_for(parse_variant(name), replace(cfg0, minutes=minutes, iterations=iterations,
+                                                      refresh_seconds=1e9, first_refresh_seconds=1e9,
+                                                      final_prediction=False),
+                         [v for v in train if v.labeled], synthetic_count(train), workdir.name)
         t0 = time.perf_counter()
         trainer = Trainer(train, cfg)
         last = trainer.train(progress_bar=progress is not None)
@@ -203,6 +240,7 @@ def run_dataset_volumes(train: list[Volume], test: list[Case], methods: list[str
             per_net[which] = summarise(per_volume)
         out["methods"][name] = {"iterations": last.iteration, "seconds": round(time.perf_counter() - t0, 1),
                                 **per_net}
+    workdir.cleanup()
     return out
 
 

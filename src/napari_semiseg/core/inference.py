@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .losses import normalised_entropy
+from .losses import pixel_uncertainty
 from .volume import Volume
 
 
@@ -62,7 +62,7 @@ def recalibrated(net: nn.Module, slices: list[torch.Tensor], batch_size: int = 6
 @torch.no_grad()
 def predict_volume(net: nn.Module, volume: Volume, canvas: int, context: int, *, device=None,
                    precision: str = "fp32", channels_last: bool = False, batch_size: int = 16,
-                   uncertainty_fn=normalised_entropy, keep_probabilities: bool = False,
+                   uncertainty_fn=pixel_uncertainty, keep_probabilities: bool = False,
                    recalibrate: bool = True) -> Prediction:
     """Run ``net`` (in eval mode) over every slice of ``volume`` and map back to native size.
 
@@ -85,10 +85,14 @@ def predict_volume(net: nn.Module, volume: Volume, canvas: int, context: int, *,
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast_for(device, precision):
-                logits = net(x)
+                out = net(x)
+            # a predictor may return (logits, extra uncertainty map) - see Method.uncertainty
+            logits, extra = out if isinstance(out, tuple) else (out, None)
             probs = geom.from_canvas(torch.softmax(logits.float(), 1))
+            if extra is not None:
+                extra = geom.from_canvas(extra.float()[:, None])[:, 0]
             labels.append(probs.argmax(1).to(torch.uint8).cpu())
-            unc.append(uncertainty_fn(probs).float().cpu())
+            unc.append(uncertainty_fn(probs, extra).float().cpu())
             if keep_probabilities:
                 probs_out.append(probs.cpu())
     finally:

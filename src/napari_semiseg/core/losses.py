@@ -59,3 +59,26 @@ def normalised_entropy(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
     c = probs.shape[dim]
     h = -(probs * torch.log(probs.clamp_min(1e-8))).sum(dim)
     return (h / math.log(c)).clamp(0.0, 1.0)
+
+
+def soft_segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight_map: torch.Tensor | None = None,
+                           eps: float = 1e-6) -> torch.Tensor:
+    """SRA-Seg's soft Dice + soft cross-entropy on continuous targets (methods-spec §3.2).
+
+    dice = 1 - mean over samples and classes of 2 sum(p g) / (sum(p + g) + eps);
+    ce = - mean over pixels of sum_c g_c log p_c. Both clamp p and g to [eps, 1 - eps].
+    ``weight_map`` (N, H, W) weights each pixel (1 everywhere gives the released loss).
+    """
+    p = torch.softmax(logits.float(), 1).clamp(eps, 1 - eps)
+    g = target.float().clamp(eps, 1 - eps)
+    w = torch.ones_like(p[:, :1]) if weight_map is None else weight_map[:, None].float()
+    dims = (2, 3)
+    dice = 1.0 - (2 * (w * p * g).sum(dims) / ((w * (p + g)).sum(dims) + eps)).mean()
+    ce = -((w * g * torch.log(p)).sum(1)).sum() / w.sum().clamp_min(eps)
+    return dice + ce
+
+
+def pixel_uncertainty(probs: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalised entropy, raised to ``extra`` (a disagreement map in [0, 1]) where that is larger."""
+    u = normalised_entropy(probs)
+    return u if extra is None else torch.maximum(u, extra.to(u.dtype))

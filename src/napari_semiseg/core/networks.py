@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ENCODER_CHANNELS = (16, 32, 64, 128, 256)
@@ -48,11 +49,13 @@ class UNet2D(nn.Module):
 
     ``forward(x, return_features=True)`` also returns the encoder's outputs (``"encoder"``, list,
     deepest last) and the penultimate per-pixel feature map (``"decoder"``): the 1x1 head is linear
-    in it, which TSA-style losses need.
+    in it, which TSA-style losses need. With ``multiscale`` (URPC-style deep supervision) the
+    features also hold ``"scales"``: logits from every decoder level upsampled to the input size,
+    finest first.
     """
 
     def __init__(self, in_channels: int, n_classes: int, channels=ENCODER_CHANNELS, dropout=ENCODER_DROPOUT,
-                 norm: str = "batch"):
+                 norm: str = "batch", multiscale: bool = False):
         super().__init__()
         self.in_channels, self.n_classes = in_channels, n_classes
         self.encoder = nn.ModuleList()
@@ -65,6 +68,8 @@ class UNet2D(nn.Module):
         self.decoder = nn.ModuleList(UpBlock(rev[i], rev[i + 1], rev[i + 1], norm) for i in range(len(rev) - 1))
         self.head = nn.Conv2d(channels[0], n_classes, 1)
         self.feature_channels = channels[0]
+        # one 1x1 head per coarser decoder level (1/2, 1/4, 1/8 of the input)
+        self.aux_heads = nn.ModuleList(nn.Conv2d(c, n_classes, 1) for c in rev[1:-1][::-1]) if multiscale else None
 
     def encode(self, x) -> list[torch.Tensor]:
         feats = []
@@ -73,16 +78,25 @@ class UNet2D(nn.Module):
             feats.append(x)
         return feats
 
-    def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        x = feats[-1]
+    def decode(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every decoder level's output, coarsest first; the last is the penultimate feature map."""
+        x, levels = feats[-1], []
         for block, skip in zip(self.decoder, feats[-2::-1]):
             x = block(x, skip)
-        return x
+            levels.append(x)
+        return levels
 
     def forward(self, x, return_features: bool = False):
         feats = self.encode(x)
-        dec = self.decode(feats)
+        levels = self.decode(feats)
+        dec = levels[-1]
         logits = self.head(dec)
-        if return_features:
-            return logits, {"encoder": feats, "decoder": dec}
-        return logits
+        if not return_features:
+            return logits
+        out = {"encoder": feats, "decoder": dec}
+        if self.aux_heads is not None:
+            size = logits.shape[-2:]
+            coarse = [F.interpolate(h(lv), size=size, mode="bilinear", align_corners=False)
+                      for h, lv in zip(self.aux_heads, levels[:-1][::-1])]
+            out["scales"] = [logits, *coarse]
+        return logits, out

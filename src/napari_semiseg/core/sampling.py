@@ -34,9 +34,24 @@ class _Cycler:
         return out
 
 
+UNLABELED_SOURCES = ("real", "extra", "both")
+
+
 class TwoStreamSampler:
+    """Labeled slices come from ``volumes``; unlabeled ones from their other slices ("real"), from
+    ``extra_unlabeled`` images such as a folder of synthetic ones ("extra"), or from both."""
+
     def __init__(self, volumes: list[Volume], canvas: int, context: int, labeled_batch: int,
-                 unlabeled_batch: int, seed: int = 0, augment: bool = True):
+                 unlabeled_batch: int, seed: int = 0, augment: bool = True,
+                 extra_unlabeled: list[Volume] | None = None, unlabeled_source: str = "real"):
+        if unlabeled_source not in UNLABELED_SOURCES:
+            raise InputError(f"Unknown unlabeled source '{unlabeled_source}': use real, extra or both.")
+        extra = list(extra_unlabeled or [])
+        if unlabeled_source != "real" and not extra:
+            raise InputError("Unlabeled images were asked for from a folder, but none were given.")
+        self.n_own = len(volumes)
+        self.unlabeled_source = unlabeled_source
+        volumes = list(volumes) + extra
         self.volumes, self.canvas, self.context = volumes, canvas, context
         self.labeled_batch, self.unlabeled_batch = labeled_batch, unlabeled_batch
         self.augment = augment
@@ -47,17 +62,38 @@ class TwoStreamSampler:
 
     def refresh(self) -> None:
         """Re-read the labeled sets (after the user labeled or accepted more slices)."""
-        labeled = [(vi, s) for vi, v in enumerate(self.volumes) for s in sorted(v.labeled)]
+        own = self.volumes[:self.n_own]
+        labeled = [(vi, s) for vi, v in enumerate(own) for s in sorted(v.labeled)]
         if not labeled:
             raise InputError("No labeled slice: label at least one slice (or mark it as background) first.")
-        unlabeled = [(vi, s) for vi, v in enumerate(self.volumes) for s in v.unlabeled]
+        unlabeled = []
+        if self.unlabeled_source in ("real", "both"):
+            unlabeled += [(vi, s) for vi, v in enumerate(own) for s in v.unlabeled]
+        if self.unlabeled_source in ("extra", "both"):
+            unlabeled += [(vi, s) for vi in range(self.n_own, len(self.volumes))
+                          for s in range(self.volumes[vi].n_slices)]
         # with every slice labeled, the unlabeled stream reuses the images without their labels
         self._labeled = _Cycler(labeled, self.rng)
         self._unlabeled = _Cycler(unlabeled or labeled, self.rng)
         self.n_labeled, self.n_unlabeled = len(labeled), len(unlabeled)
 
+    def labeled_keys(self) -> list[tuple[int, int]]:
+        """(volume, slice) of every labeled slice, for methods that search the labeled images."""
+        return list(self._labeled.items)
+
+    def labeled_image(self, key: tuple[int, int]) -> torch.Tensor:
+        """The un-augmented network input of a labeled slice."""
+        return self._input(*key)
+
+    def _input(self, vi: int, s: int) -> torch.Tensor:
+        v = self.volumes[vi]
+        x = v.context_stack(s, self.geometries[vi], self.context)
+        if self.context and not v.is_3d:  # a 2D extra image among 3D volumes: its own neighbours
+            x = x.repeat(2 * self.context + 1, 1, 1)
+        return x
+
     def _stack(self, items) -> torch.Tensor:
-        return torch.stack([self.volumes[vi].context_stack(s, self.geometries[vi], self.context) for vi, s in items])
+        return torch.stack([self._input(vi, s) for vi, s in items])
 
     def next(self) -> Batch:
         lab = self._labeled.take(self.labeled_batch)

@@ -57,6 +57,8 @@ class TrainConfig:
     first_refresh_seconds: float = 1.0
     augment: bool = True
     final_prediction: bool = True  # predict every volume when training ends
+    unlabeled_dir: str | None = None  # a folder of extra unlabeled images (e.g. synthetic ones, as SRA-Seg uses)
+    unlabeled_source: str = "real"  # "real": the unlabeled slices; "extra": only the folder; "both"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -181,8 +183,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(enabled=self.precision == "fp16" and self.device.type == "cuda")
 
         unl_batch = c.batch_size - c.labeled_batch if c.method != "supervised" else 0
+        extra = read_unlabeled_folder(c.unlabeled_dir, volumes[0]) if c.unlabeled_dir else []
         self.sampler = TwoStreamSampler(volumes, self.canvas, self.context, c.labeled_batch, unl_batch,
-                                        seed=c.seed, augment=c.augment)
+                                        seed=c.seed, augment=c.augment, extra_unlabeled=extra,
+                                        unlabeled_source=c.unlabeled_source)
+        self.method.bind_labeled_bank(self.sampler)
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._pending: list[LabelUpdate] = []
@@ -246,6 +251,7 @@ class Trainer:
         if pending:
             self._check_labels_fit()
             self.sampler.refresh()
+            self.method.bind_labeled_bank(self.sampler)
 
     def predict(self, keep_probabilities: bool = False) -> list[Prediction]:
         net = self.method.predictor()
@@ -438,6 +444,29 @@ class _ProgressBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def read_unlabeled_folder(folder: str | os.PathLike, like: Volume) -> list[Volume]:
+    """Every image in ``folder`` as an unlabeled volume normalised like ``like``."""
+    from .io import HDF5_SUFFIXES, READ_SUFFIXES, read_image, suffix_of
+
+    d = Path(folder)
+    if not d.is_dir():
+        raise InputError(f"The unlabeled-image folder {d} does not exist.")
+    readable = [s for s in READ_SUFFIXES if s not in HDF5_SUFFIXES]
+    files = sorted(p for p in d.iterdir() if p.is_file() and suffix_of(p) in readable)
+    if not files:
+        raise InputError(f"The folder {d} holds no image this tool reads.")
+    out = []
+    for p in files:
+        img = read_image(p, as_labels=False)
+        v = Volume(img.data, None, set(), axis=like.axis if img.data.ndim - img.rgb == 3 else 0, channels=img.rgb,
+                   normalisation=like.normalisation, name=p.name)
+        if v.n_channels != like.n_channels:
+            raise InputError(f"{p.name} has {v.n_channels} channel(s) but the image being segmented has "
+                             f"{like.n_channels}.")
+        out.append(v)
+    return out
 
 
 def volume_for_model(image: np.ndarray, meta: dict, *, channels: bool, name: str = "image") -> Volume:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from qtpy.QtCore import QEvent, QObject, QPointF, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
-                            QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+                            QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..core.io import InputError
 from ..core.methods import METHODS
 from ..core.trainer import TrainConfig
+from ..core.variants import parse_settings
 from .controller import PSEUDO, SEGMENTATION, UNCERTAIN_REGIONS, UNCERTAINTY, SessionController
 
 _LIVE = {PSEUDO, UNCERTAINTY, UNCERTAIN_REGIONS, SEGMENTATION}
@@ -120,10 +121,19 @@ class SemisegWidget(QWidget):
         self.lr_spin.setRange(1e-5, 1.0)
         self.lr_spin.setValue(d.lr)
         self.seed_spin = _spin(0, 2**31 - 1, d.seed, "seed_spin")
+        self.method_settings_edit = QLineEdit(objectName="method_settings_edit")
+        self.method_settings_edit.setPlaceholderText("e.g. encoder=dinov2:/models/dinov2-small, blend=box")
+        self.method_settings_edit.setToolTip("The method's settings as KEY=VALUE, comma-separated (see the README)")
+        self.unlabeled_dir_edit = QLineEdit(objectName="unlabeled_dir_edit")
+        self.unlabeled_dir_edit.setPlaceholderText("optional folder of extra (e.g. synthetic) unlabeled images")
+        self.unlabeled_source_combo = QComboBox(objectName="unlabeled_source_combo")
+        self.unlabeled_source_combo.addItems(["real", "extra", "both"])
         for label, w in (("Batch size", self.batch_spin), ("Labeled per batch", self.labeled_batch_spin),
                          ("Max working side", self.max_side_spin), ("Context slices", self.context_spin),
                          ("Refresh every (s)", self.refresh_spin), ("Learning rate", self.lr_spin),
-                         ("Seed", self.seed_spin)):
+                         ("Seed", self.seed_spin), ("Method settings", self.method_settings_edit),
+                         ("Unlabeled folder", self.unlabeled_dir_edit),
+                         ("Unlabeled images from", self.unlabeled_source_combo)):
             aform.addRow(label, w)
         self.advanced.toggled.connect(lambda on: [aform.itemAt(i).widget().setVisible(on)
                                                   for i in range(aform.count()) if aform.itemAt(i).widget()])
@@ -191,12 +201,21 @@ class SemisegWidget(QWidget):
 
     def config(self) -> TrainConfig:
         minutes = self.budget_spin.value() or None
-        return TrainConfig(method=self.method_combo.currentText(), device=self.device_combo.currentText(),
+        method = self.method_combo.currentText()
+        settings = parse_settings(self.method_settings_edit.text())
+        try:  # unknown keys now, in one sentence, rather than from the training thread
+            METHODS[method].Settings.from_dict(settings)
+        except ValueError as err:
+            raise InputError(f"{method}: {err}") from None
+        return TrainConfig(method=method, device=self.device_combo.currentText(),
                            minutes=minutes, batch_size=self.batch_spin.value(),
                            labeled_batch=min(self.labeled_batch_spin.value(), self.batch_spin.value()),
                            max_side=self.max_side_spin.value(), context=self.context_spin.value(),
                            refresh_seconds=float(self.refresh_spin.value()), lr=self.lr_spin.value(),
-                           seed=self.seed_spin.value())
+                           seed=self.seed_spin.value(),
+                           method_settings=settings,
+                           unlabeled_dir=self.unlabeled_dir_edit.text().strip() or None,
+                           unlabeled_source=self.unlabeled_source_combo.currentText())
 
     def _train(self):
         self._layers_chosen()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from ..losses import normalised_entropy
+from ..losses import pixel_uncertainty
 from ..networks import UNet2D
 
 
@@ -82,9 +83,23 @@ class Method(nn.Module):
         """The network whose predictions the user sees (the EMA teacher where there is one)."""
         return self.student
 
-    def uncertainty(self, probs: torch.Tensor) -> torch.Tensor:
-        """Per-pixel uncertainty in [0, 1] from the predictor's probabilities (N, C, H, W)."""
-        return normalised_entropy(probs)
+    def uncertainty(self, probs: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-pixel uncertainty in [0, 1] from the predictor's probabilities (N, C, H, W).
+
+        ``extra`` is the (N, H, W) map a predictor may return beside its logits (view or branch
+        disagreement); where there is one, a pixel is as uncertain as the larger of the two.
+        """
+        return pixel_uncertainty(probs, extra)
+
+    def bind_labeled_bank(self, bank) -> None:
+        """Called with the sampler whenever the labeled set changes (methods that need the labeled images)."""
+
+    # ---- feature capture, for losses that act on another method's features (TransMedSeg)
+    capture: dict | None = None
+
+    def _record(self, key: str, **tensors) -> None:
+        if self.capture is not None:
+            self.capture[key] = tensors
 
 
 class TeacherMixin:
@@ -112,6 +127,12 @@ class TeacherMixin:
                 t.copy_(s)
 
 
+def check_choice(setting: str, value, choices) -> None:
+    """A setting outside its choices is one clear error (build_method turns it into an InputError)."""
+    if value not in choices:
+        raise ValueError(f"unknown {setting} '{value}': use one of {', '.join(map(str, choices))}")
+
+
 def noisy(x: torch.Tensor, std: float, clip: float) -> torch.Tensor:
     """x + clamp(N(0, std^2), -clip, clip): the teacher's noisy view."""
     return x + torch.clamp(torch.randn_like(x) * std, -clip, clip)
@@ -134,23 +155,31 @@ def batch_stats_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     The EMA teacher's running statistics fit its averaged weights poorly; normalising with the
     batch it is asked about keeps its targets consistent with what the student sees.
     """
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    drops = [m for m in net.modules() if isinstance(m, nn.Dropout)]
-    saved = [(m.training, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-             for m in norms]
     was = net.training
     net.eval()
+    try:
+        with running_stats_frozen(net):
+            for m in net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()
+            return net(x)
+    finally:
+        net.train(was)
+
+
+@contextmanager
+def running_stats_frozen(net: nn.Module):
+    """Batch-norm layers keep their running statistics (and counters) through the forwards inside."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in norms]
     for m in norms:
-        m.train()
         m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
     try:
-        return net(x)
+        yield net
     finally:
         for m, (tr, mom, tracked) in zip(norms, saved):
             m.train(tr)
             m.momentum = mom
             if tracked is not None:
                 m.num_batches_tracked.copy_(tracked)
-        net.train(was)
-        for m in drops:
-            m.train(was)

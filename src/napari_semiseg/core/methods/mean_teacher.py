@@ -42,7 +42,12 @@ class MeanTeacher(TeacherMixin, Method):
     def training_step(self, batch: Batch, state: TrainState):
         s = self.settings
         nl = batch.x_l.shape[0]
-        logits = two_stream_forward(self.student, batch)
+        capturing = self.capture is not None
+        if capturing:  # the same two passes, keeping the features a wrapping loss needs
+            logits_l, feats_l = self.student(batch.x_l, return_features=True)
+            logits = torch.cat([logits_l, self.student(batch.x_u)])
+        else:
+            logits = two_stream_forward(self.student, batch)
         sup = supervised_loss(logits[:nl], batch.y_l)
         with torch.no_grad():
             x_t = noisy(batch.x_u, s.noise_std, s.noise_clip)
@@ -50,8 +55,13 @@ class MeanTeacher(TeacherMixin, Method):
                 logits_t = batch_stats_forward(self.teacher, x_t)
             else:
                 self.teacher.eval()
-                logits_t = self.teacher(x_t)
+                logits_t, feats_t = self.teacher(x_t, return_features=True)
             target = torch.softmax(logits_t.float(), 1)
+        if capturing:
+            self._record("source", features=feats_l["decoder"], labels=batch.y_l,
+                         mask=torch.ones_like(batch.y_l, dtype=torch.bool))
+            if s.teacher_norm != "batch":
+                self._record("target", features=feats_t["decoder"], probs=target)
         cons = torch.mean((torch.softmax(logits[nl:].float(), 1) - target) ** 2)
         w = s.consistency * sigmoid_rampup(state.ramp(s.rampup_fraction, s.rampup_iterations), 1.0)
         return {"loss": sup + w * cons, "supervised": sup.detach(), "consistency": cons.detach(),

@@ -1,0 +1,268 @@
+"""BCP (bidirectional copy-paste, methods-spec §2.6) and SRA-Seg (§3) on one copy-paste core.
+
+Both pre-train on labeled pairs mixed through a zero box, then self-train: the EMA teacher's
+pseudo-labels (largest region per class) of unlabeled images are pasted into and out of labeled
+ones. SRA-Seg blurs the box into a soft alpha, trains on the blended soft labels with soft Dice +
+soft CE, and adds a similarity-alignment term computed with a frozen encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..losses import masked_cross_entropy, one_hot, soft_dice_loss, soft_segmentation_loss
+from ..mixing import BLENDS, box_mask, largest_component_per_class, soft_alpha
+from .base import Batch, Method, MethodSettings, TeacherMixin, TrainState, check_choice, running_stats_frozen
+
+SA_MODES = ("feature", "paper_code", "off")
+
+
+@dataclass
+class BCPSettings(MethodSettings):
+    ema_decay: float = 0.99
+    pretrain_fraction: float = 0.25  # of the budget; BCP's ACDC schedule is 10k pre-train of 40k iterations
+    pretrain_iterations: int = 300  # used when training runs until stopped
+    box_fraction: float = 2.0 / 3.0
+    u_weight: float = 0.5  # weight of the pseudo-labeled region
+    largest_component: bool = True
+    blend: str = "hard"  # "hard" | "gaussian" | "box"
+    loss: str = "region"  # "region": per-region masked Dice + CE (BCP); "soft": soft Dice + soft CE (SRA-Seg)
+
+
+@dataclass
+class Mix:
+    """One batch of images pasted together: x = a * alpha + b * (1 - alpha), alpha 1 outside the box."""
+
+    x: torch.Tensor  # (N, C, H, W)
+    alpha: torch.Tensor  # (H, W)
+    y_a: torch.Tensor  # (N, H, W) labels of the outer image
+    y_b: torch.Tensor  # (N, H, W) labels of the pasted box
+    w_a: float
+    w_b: float
+    trusted_a: bool = True  # labels of the outer image are ground truth (not pseudo-labels)
+    trusted_b: bool = True
+
+    def hard_labels(self) -> torch.Tensor:
+        return torch.where(self.alpha > 0.5, self.y_a, self.y_b)
+
+    def trusted(self) -> torch.Tensor:
+        """(N, H, W) pixels whose label is ground truth."""
+        outer = (self.alpha > 0.5).expand_as(self.y_a)
+        return (outer & self.trusted_a) | (~outer & self.trusted_b)
+
+    def soft_target(self, n_classes: int) -> torch.Tensor:
+        a = self.alpha[None, None]
+        return one_hot(self.y_a, n_classes) * a + one_hot(self.y_b, n_classes) * (1 - a)
+
+    def weight_map(self) -> torch.Tensor:
+        return (self.w_a * self.alpha + self.w_b * (1 - self.alpha)).expand_as(self.y_a)
+
+
+def paste(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, y_a, y_b, w_a: float = 1.0, w_b: float = 1.0,
+          trusted_a: bool = True, trusted_b: bool = True) -> Mix:
+    al = alpha.to(a.dtype)[None, None]
+    return Mix(a * al + b * (1 - al), alpha, y_a, y_b, w_a, w_b, trusted_a, trusted_b)
+
+
+def region_loss(logits: torch.Tensor, mix: Mix) -> torch.Tensor:
+    """BCP's mix loss: (Dice + CE) / 2, each the weighted sum of its mean inside and outside the box."""
+    n_classes = logits.shape[1]
+    probs = torch.softmax(logits.float(), 1)
+    outside = (mix.alpha > 0.5).expand_as(mix.y_a)
+    inside = ~outside
+    dice = (mix.w_a * soft_dice_loss(probs, one_hot(mix.y_a, n_classes), outside)
+            + mix.w_b * soft_dice_loss(probs, one_hot(mix.y_b, n_classes), inside))
+    ce = (mix.w_a * masked_cross_entropy(logits, mix.y_a, outside)
+          + mix.w_b * masked_cross_entropy(logits, mix.y_b, inside))
+    return 0.5 * (dice + ce)
+
+
+def _halves(x: torch.Tensor, *others):
+    """Split a stream into two halves (a, b); a stream of one is paired with itself."""
+    n = x.shape[0]
+    h = max(1, n // 2)
+    a = slice(0, h)
+    b = slice(h, 2 * h) if n >= 2 else slice(0, 1)
+    return [(t[a], t[b]) for t in (x, *others)]
+
+
+class BCP(TeacherMixin, Method):
+    name = "bcp"
+    Settings = BCPSettings
+
+    def __init__(self, in_channels, n_classes, settings=None):
+        super().__init__(in_channels, n_classes, settings)
+        s = self.settings
+        check_choice("blend", s.blend, BLENDS)
+        check_choice("loss", s.loss, ("region", "soft"))
+        if s.loss == "region" and s.blend != "hard":
+            raise ValueError("the region loss needs a hard box: use loss=soft with a blurred blend")
+        self._make_teacher()
+        self.register_buffer("self_training", torch.tensor(False))  # saved: a resumed model skips pre-training
+        self.generator = torch.Generator()
+
+    def predictor(self):
+        return self.teacher
+
+    def in_pretraining(self, state: TrainState) -> bool:
+        if bool(self.self_training):
+            return False
+        s = self.settings
+        if state.progress is not None:
+            return state.progress < s.pretrain_fraction
+        return state.iteration < s.pretrain_iterations
+
+    def _alpha(self, size: int, device) -> torch.Tensor:
+        s = self.settings
+        return soft_alpha(box_mask(size, self.generator, s.box_fraction), s.blend).to(device)
+
+    def _mix_loss(self, logits: torch.Tensor, mix: Mix) -> torch.Tensor:
+        if self.settings.loss == "region":
+            return region_loss(logits, mix)
+        return soft_segmentation_loss(logits, mix.soft_target(self.n_classes), mix.weight_map())
+
+    @torch.no_grad()
+    def pseudo_labels(self, x: torch.Tensor) -> torch.Tensor:
+        self.teacher.eval()
+        labels = self.teacher(x).argmax(1)
+        if self.settings.largest_component:
+            labels = largest_component_per_class(labels, self.n_classes)
+        return labels
+
+    def mixes(self, batch: Batch, state: TrainState) -> list[Mix]:
+        """Pre-training: labeled a with labeled b pasted in. Self-training: both directions."""
+        s = self.settings
+        alpha = self._alpha(batch.x_l.shape[-1], batch.x_l.device)
+        (xa, xb), (ya, yb) = _halves(batch.x_l, batch.y_l)
+        if self.in_pretraining(state):
+            return [paste(xa, xb, alpha, ya, yb, 1.0, 1.0)]
+        (ua, ub), = _halves(batch.x_u)
+        n = min(len(ua), len(xa))
+        ua, ub, xa, xb, ya, yb = ua[:n], ub[:n], xa[:n], xb[:n], ya[:n], yb[:n]
+        pa, pb = self.pseudo_labels(ua), self.pseudo_labels(ub)
+        return [paste(ua, xa, alpha, pa, ya, s.u_weight, 1.0, trusted_a=False),  # "inward": labeled box
+                paste(xb, ub, alpha, yb, pb, 1.0, s.u_weight, trusted_b=False)]  # "outward": unlabeled box
+
+    def training_step(self, batch: Batch, state: TrainState):
+        pretraining = self.in_pretraining(state)
+        if not pretraining and not bool(self.self_training):
+            # BCP starts the self-training teacher (and student) from the pre-trained network
+            self.teacher.load_state_dict(self.student.state_dict())
+            self.self_training.fill_(True)
+        mixes = self.mixes(batch, state)
+        x = torch.cat([m.x for m in mixes])
+        logits, feats = self.student(x, return_features=True)
+        losses, start = [], 0
+        for m in mixes:
+            losses.append(self._mix_loss(logits[start:start + len(m.x)], m))
+            start += len(m.x)
+        seg = sum(losses)
+        if self.capture is not None:
+            self._record("source", features=feats["decoder"], labels=torch.cat([m.hard_labels() for m in mixes]),
+                         mask=torch.cat([m.trusted() for m in mixes]))
+        out = {"loss": seg, "mix": seg.detach(), "pretraining": torch.tensor(float(pretraining))}
+        out.update(self.extra_losses(batch, state, pretraining, out))
+        return out
+
+    def extra_losses(self, batch: Batch, state: TrainState, pretraining: bool, out: dict) -> dict:
+        return {}
+
+    @torch.no_grad()
+    def after_step(self, state: TrainState):
+        if bool(self.self_training):
+            self.ema_update(state.iteration, self.settings.ema_decay)
+        else:
+            self.teacher.load_state_dict(self.student.state_dict())  # the teacher shows the student until then
+
+
+@dataclass
+class SRASegSettings(BCPSettings):
+    u_weight: float = 1.0  # SRA-Seg does not down-weight pseudo-labeled regions
+    blend: str = "gaussian"  # "box" for thin structures such as vessels
+    loss: str = "soft"
+    sa_mode: str = "feature"  # "feature": trains the network; "paper_code": logged only, as released; "off"
+    sa_weight: float = 0.1
+    encoder: str = "efficientnet-lite0"  # or "dinov2:<local directory or hub id>"
+    encoder_size: int = 128  # encoder input side (rounded to DINOv2's patch size)
+    allow_download: bool = False
+    projection_dim: int = 128
+
+
+class SRASeg(BCP):
+    """SRA-Seg: soft copy-paste with soft losses, plus similarity alignment to a frozen encoder.
+
+    Alignment ("feature" mode, methods-spec §3.4): each unlabeled (or synthetic) image finds its
+    nearest labeled real image in the frozen encoder's embedding space, and the student's projected
+    bottleneck features of the image are pulled (1 - cosine) toward the neighbour's, which carry no
+    gradient. We differ from the released code on purpose: there the term is a distance between
+    frozen features of the raw inputs, so it never reaches the network (§3.3, defect 1); that
+    version is kept as ``sa_mode="paper_code"`` and only logged.
+    """
+
+    name = "sra-seg"
+    Settings = SRASegSettings
+
+    def __init__(self, in_channels, n_classes, settings=None):
+        super().__init__(in_channels, n_classes, settings)
+        s = self.settings
+        check_choice("sa_mode", s.sa_mode, SA_MODES)
+        deepest = self.student.encoder[-1].body[0].out_channels
+        self.projection = nn.Sequential(nn.Linear(deepest, deepest), nn.ReLU(inplace=True),
+                                        nn.Linear(deepest, s.projection_dim))
+        self._encoder = None  # loaded on first use, never saved with the model
+        self._bank = None
+        self._bank_cache: dict = {}
+
+    def trainable_parameters(self):
+        return list(self.student.parameters()) + list(self.projection.parameters())
+
+    def bind_labeled_bank(self, bank) -> None:
+        self._bank = bank
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from ..encoders import load_encoder
+
+            s = self.settings
+            self._encoder = load_encoder(s.encoder, s.encoder_size, s.allow_download)
+        return self._encoder
+
+    def bank_embeddings(self, device) -> tuple[list, torch.Tensor]:
+        """Keys and (K, D) embeddings of every labeled real image; each is embedded once."""
+        keys = self._bank.labeled_keys()
+        missing = [k for k in keys if k not in self._bank_cache]
+        for start in range(0, len(missing), 32):
+            chunk = missing[start:start + 32]
+            x = torch.stack([self._bank.labeled_image(k) for k in chunk]).to(device)
+            for k, e in zip(chunk, self.encoder.embed(x)):
+                self._bank_cache[k] = e
+        return keys, torch.stack([self._bank_cache[k].to(device) for k in keys])
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.student.encode(x)[-1].mean((2, 3)).float())
+
+    def alignment_loss(self, x_u: torch.Tensor) -> torch.Tensor:
+        keys, bank = self.bank_embeddings(x_u.device)
+        nearest = (self.encoder.embed(x_u) @ bank.T).argmax(1)
+        neighbours = torch.stack([self._bank.labeled_image(keys[int(j)]) for j in nearest]).to(x_u)
+        with torch.no_grad(), running_stats_frozen(self.student):
+            target = self.project(neighbours)
+        return (1.0 - F.cosine_similarity(self.project(x_u), target, dim=1)).mean()
+
+    def extra_losses(self, batch, state, pretraining, out):
+        s = self.settings
+        if pretraining or s.sa_mode == "off" or len(batch.x_u) == 0:
+            return {}
+        if s.sa_mode == "paper_code":  # nearest real-image distance of frozen features: no gradient path
+            dist = torch.cdist(self.encoder.embed(batch.x_u), self.encoder.embed(batch.x_l)).min(1).values.mean()
+            return {"sa_distance": dist}
+        if self._bank is None:
+            raise RuntimeError("SRA-Seg's alignment needs the labeled images: call bind_labeled_bank first")
+        sa = self.alignment_loss(batch.x_u)
+        out["loss"] = out["loss"] + s.sa_weight * sa
+        return {"alignment": sa.detach()}

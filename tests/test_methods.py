@@ -1,0 +1,387 @@
+"""The five methods of the mission (BCP, SRA-Seg, SGRS-Net, BARL, TransMedSeg): their losses on
+hand-made cases whose answer is known, and each trained end-to-end on tiny inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_semiseg.core.io import InputError
+from napari_semiseg.core.losses import one_hot, soft_segmentation_loss
+from napari_semiseg.core.methods import METHODS, build_method
+from napari_semiseg.core.methods.barl import components, masked_prototypes, match_instances
+from napari_semiseg.core.methods.base import Batch, TrainState
+from napari_semiseg.core.methods.sgrs import Regions, SGRSSettings, region_losses, synergy_regions
+from napari_semiseg.core.methods.transmedseg import ClassStatistics, tsa_cross_entropy, tsa_logit_shift
+from napari_semiseg.core.mixing import blend_band, box_mask, largest_component_per_class, soft_alpha
+from napari_semiseg.core.trainer import Trainer, load_method, predict_with_model
+from napari_semiseg.core.variants import parse_variant, split_methods, write_standin_synthetic
+from napari_semiseg.core.volume import Volume
+
+from test_engine import fast_config, tiny_volume
+
+NEW_METHODS = ["bcp", "sra-seg", "sgrs-net", "barl", "transmedseg"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2(tmp_path_factory):
+    """A tiny random DINOv2 saved to disk, loaded the way a user's local checkpoint is."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("dinov2")
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                             patch_size=14, image_size=56)).save_pretrained(path)
+    return f"dinov2:{path}"
+
+
+# ------------------------------------------------------------------------------------------ mixing
+
+def test_soft_mask_range_band_and_borders():
+    m = torch.ones(30, 30)
+    m[10:20, 10:20] = 0
+    for blend in ("gaussian", "box"):
+        a = soft_alpha(m, blend)
+        assert a.min() >= 0 and a.max() <= 1
+        assert a[15, 15] == 0 and a[2, 2] == 1  # deep inside the box, far outside
+        assert torch.all(a[0] == 1) and torch.all(a[:, -1] == 1)  # replicate padding: no blended frame
+        band = blend_band(a)
+        assert band.max() > 0.5 and band[15, 15] == 0 and band[2, 2] == 0
+        assert 0 < a[10, 15] < 1  # the seam is continuous
+    assert torch.equal(soft_alpha(m, "hard"), m)
+    bm = box_mask(30, torch.Generator().manual_seed(1))
+    assert (bm == 0).sum() == 20 * 20
+
+
+def test_soft_losses_on_one_hot_targets_equal_the_hard_ones():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    y = torch.randint(0, 3, (2, 8, 8))
+    g = one_hot(y, 3)
+    p = torch.softmax(logits, 1)
+    hard_dice = 1 - (2 * (p * g).sum((2, 3)) / (p.sum((2, 3)) + g.sum((2, 3)))).mean()
+    hard = hard_dice + F.cross_entropy(logits, y)
+    assert torch.allclose(soft_segmentation_loss(logits, g), hard, atol=1e-4)
+    # a soft target pays for confident predictions on the seam
+    half = 0.5 * (one_hot(torch.zeros_like(y), 3) + one_hot(torch.ones_like(y), 3))
+    sure = torch.zeros(2, 3, 8, 8)
+    sure[:, 0] = 10
+    hedged = torch.zeros(2, 3, 8, 8)
+    hedged[:, :2] = 5
+    assert soft_segmentation_loss(hedged, half) < soft_segmentation_loss(sure, half)
+
+
+def test_largest_component_keeps_one_region_per_class():
+    lab = torch.zeros(1, 10, 10, dtype=torch.long)
+    lab[0, 0:4, 0:4] = 1  # 16 px
+    lab[0, 8:10, 8:10] = 1  # 4 px, dropped
+    lab[0, 6, 0] = 2
+    out = largest_component_per_class(lab, 3)
+    assert out[0, 0:4, 0:4].eq(1).all() and out[0, 8:10, 8:10].eq(0).all() and out[0, 6, 0] == 2
+
+
+def test_bcp_pseudo_labels_never_overwrite_the_labeled_ground_truth():
+    torch.manual_seed(0)
+    bcp = build_method("bcp", 1, 3, {"pretrain_fraction": 0.0})
+    batch = Batch(torch.rand(4, 1, 32, 32), torch.randint(1, 3, (4, 32, 32)), torch.rand(4, 1, 32, 32))
+    state = TrainState(10, 0.5)
+    inward, outward = bcp.mixes(batch, state)
+    ya, yb = batch.y_l[:2], batch.y_l[2:]
+    inside = inward.alpha < 0.5  # the labeled box pasted into the unlabeled image
+    assert torch.equal(inward.hard_labels()[:, inside], ya[:, inside])
+    assert torch.equal(outward.hard_labels()[:, ~inside], yb[:, ~inside])  # the labeled image around the box
+    assert torch.equal(inward.trusted()[0], inside) and torch.equal(outward.trusted()[0], ~inside)
+    assert inward.w_a == 0.5 and inward.w_b == 1.0  # pseudo-labeled regions down-weighted
+    # images: labeled pixels are copied unchanged
+    assert torch.equal(inward.x[:, :, inside], batch.x_l[:2][:, :, inside])
+
+
+def test_bcp_pretrains_on_labeled_pairs_then_starts_the_teacher_from_the_student():
+    bcp = build_method("bcp", 1, 2, {"pretrain_fraction": 0.5})
+    batch = Batch(torch.rand(4, 1, 16, 16), torch.randint(0, 2, (4, 16, 16)), torch.rand(4, 1, 16, 16))
+    (pre,) = bcp.mixes(batch, TrainState(0, 0.1))
+    assert pre.trusted().all()
+    bcp.training_step(batch, TrainState(0, 0.1))
+    assert not bool(bcp.self_training)
+    with torch.no_grad():
+        bcp.student.head.bias.add_(1.0)
+    bcp.training_step(batch, TrainState(5, 0.6))
+    assert bool(bcp.self_training)
+    assert torch.equal(bcp.teacher.head.bias, bcp.student.head.bias)
+
+
+# ------------------------------------------------------------------------------------------ SGRS
+
+def test_sgrs_partition_of_a_constructed_probability_map():
+    clean = torch.zeros(1, 2, 2, 2)
+    mixed = torch.zeros(1, 2, 2, 2)
+    # pixel (0,0): both confident class 0; (0,1): views disagree, both confident;
+    # (1,0): agree but the mixed view is near 0.5 (uncertain); (1,1): agree on class 1
+    clean[0, :, 0, 0] = torch.tensor([0.95, 0.05])
+    mixed[0, :, 0, 0] = torch.tensor([0.9, 0.1])
+    clean[0, :, 0, 1] = torch.tensor([0.95, 0.05])
+    mixed[0, :, 0, 1] = torch.tensor([0.05, 0.95])
+    clean[0, :, 1, 0] = torch.tensor([0.9, 0.1])
+    mixed[0, :, 1, 0] = torch.tensor([0.55, 0.45])
+    clean[0, :, 1, 1] = torch.tensor([0.2, 0.8])
+    mixed[0, :, 1, 1] = torch.tensor([0.1, 0.9])
+    r = synergy_regions(clean, mixed, 0.9837)
+    assert r.consistent.tolist() == [[[True, False], [True, True]]]
+    assert r.uncertain.tolist() == [[[False, False], [True, False]]]
+    assert r.consistent_certain.tolist() == [[[True, False], [False, True]]]
+    assert r.inconsistent_certain.tolist() == [[[False, True], [False, False]]]
+    # 0.425 < p < 0.575 is exactly the binary rule the threshold stands for
+    edge = torch.tensor([[[[0.426]], [[0.574]]]])
+    outside = torch.tensor([[[[0.42]], [[0.58]]]])
+    assert synergy_regions(edge, edge, 0.9837).uncertain.item()
+    assert not synergy_regions(outside, outside, 0.9837).uncertain.item()
+
+
+def test_sgrs_region_rules():
+    torch.manual_seed(0)
+    logits = [(0.5 * torch.randn(1, 2, 4, 4)).requires_grad_() for _ in range(2)]
+    pseudo = torch.randint(0, 2, (1, 4, 4))
+    consistent = torch.zeros(1, 4, 4, dtype=torch.bool)
+    consistent[:, :2] = True
+    regions = Regions(consistent, torch.zeros_like(consistent))
+    soft = region_losses(logits, pseudo, regions, SGRSSettings())
+    hard = region_losses(logits, pseudo, regions, SGRSSettings(inconsistent="hard"))
+    excl = region_losses(logits, pseudo, regions, SGRSSettings(inconsistent="exclude"))
+    assert excl["ce"] < soft["ce"] and excl["ce"] < hard["ce"]
+    # label smoothing lowers the pull of inconsistent pixels: its gradient there is smaller
+    g_soft = torch.autograd.grad(soft["ce"], logits[0], retain_graph=True)[0][:, :, 2:].abs().sum()
+    g_hard = torch.autograd.grad(hard["ce"], logits[0])[0][:, :, 2:].abs().sum()
+    assert g_soft < g_hard
+    # every pixel consistent: the rules agree
+    all_c = Regions(torch.ones_like(consistent), torch.zeros_like(consistent))
+    a = region_losses(logits, pseudo, all_c, SGRSSettings())
+    b = region_losses(logits, pseudo, all_c, SGRSSettings(inconsistent="hard"))
+    assert torch.allclose(a["ce"], b["ce"])
+
+
+# ------------------------------------------------------------------------------------------ BARL
+
+def test_barl_instance_matcher_pairs_constructed_components():
+    lab1 = np.zeros((20, 20), np.uint8)
+    lab2 = np.zeros((20, 20), np.uint8)
+    lab1[1:6, 1:6] = 1  # A (25 px)
+    lab1[10:13, 10:19] = 1  # B (27 px)
+    lab1[16:18, 1:3] = 1  # C, nothing in branch 2
+    lab2[11:14, 10:19] = 1  # B shifted by one row (larger, listed first)
+    lab2[2:6, 1:6] = 1  # A trimmed
+    lab2[0:2, 15:18] = 1  # D, nothing in branch 1
+    c1 = components(lab1, 8, 1)
+    c2 = components(lab2, 8, 1)
+    pairs = dict(match_instances(c1, c2, 0.1))
+    centre = [tuple(np.argwhere(c).mean(0).round().astype(int)) for c in c1]
+    a1, b1 = centre.index((3, 3)), centre.index((11, 14))
+    centre2 = [tuple(np.argwhere(c).mean(0).round().astype(int)) for c in c2]
+    assert pairs[a1] == centre2.index((4, 3)) and pairs[b1] == centre2.index((12, 14))
+    assert len(pairs) == 2  # C and D have no partner above the IoU floor
+
+
+def test_region_prototypes_are_masked_means():
+    torch.manual_seed(0)
+    feats = torch.randn(5, 12)  # (D, P)
+    masks = torch.zeros(2, 12)
+    masks[0, :4] = 1
+    masks[1, 6:] = 1
+    protos = masked_prototypes(feats, masks)
+    assert torch.allclose(protos[0], feats[:, :4].mean(1)) and torch.allclose(protos[1], feats[:, 6:].mean(1))
+
+
+# ------------------------------------------------------------------------------------------ TSA
+
+def test_tsa_bound_is_cross_entropy_at_zero_strength_and_grows_along_the_class_difference():
+    torch.manual_seed(0)
+    c, d = 3, 4
+    weight = torch.randn(c, d)
+    feats = torch.randn(50, d)
+    labels = torch.randint(0, c, (50,))
+    logits = feats @ weight.T
+    known = torch.ones(c, dtype=torch.bool)
+    cov = torch.eye(d).expand(c, d, d).clone()
+    shift0 = tsa_logit_shift(weight, torch.randn(c, d), cov, 0.0, known)
+    assert torch.equal(tsa_cross_entropy(logits, labels, shift0), F.cross_entropy(logits, labels))
+    # variance along w_1 - w_0 raises the bound for class-0 pixels; the same variance orthogonal to it does not
+    v = weight[1] - weight[0]
+    v = v / v.norm()
+    ortho = torch.randn(d)
+    ortho = ortho - (ortho @ v) * v
+    along = torch.zeros(c, d, d)
+    along[0] = 4 * torch.outer(v, v)
+    across = torch.zeros(c, d, d)
+    across[0] = 4 * torch.outer(ortho / ortho.norm(), ortho / ortho.norm())
+    zero = torch.zeros(c, d)
+    s_along = tsa_logit_shift(weight, zero, along, 0.5, known)
+    s_across = tsa_logit_shift(weight, zero, across, 0.5, known)
+    assert s_along[0, 1] > 0 and abs(s_across[0, 1]) < 1e-5 and torch.all(s_along.diagonal() == 0)
+    y0 = torch.zeros(50, dtype=torch.long)
+    assert tsa_cross_entropy(logits, y0, s_along) > tsa_cross_entropy(logits, y0, s_across)
+    # classes without statistics are left alone
+    assert torch.all(tsa_logit_shift(weight, zero, along, 0.5, torch.tensor([False, True, True]))[0] == 0)
+
+
+def test_class_statistics_match_numpy():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 3)), rng.normal(2, 1, size=(25, 3))
+    la, lb = rng.integers(0, 2, 40), rng.integers(0, 2, 25)
+    exact = ClassStatistics(2, 3, momentum=None)
+    exact.update(torch.tensor(a, dtype=torch.float32), torch.tensor(la))
+    exact.update(torch.tensor(b, dtype=torch.float32), torch.tensor(lb))
+    allf, alll = np.concatenate([a, b]), np.concatenate([la, lb])
+    for c in range(2):
+        x = allf[alll == c]
+        np.testing.assert_allclose(exact.mean[c].numpy(), x.mean(0), atol=1e-5)
+        np.testing.assert_allclose(exact.cov[c].numpy(), np.cov(x.T, bias=True), atol=1e-5)
+        assert exact.count[c] == len(x)
+    ema = ClassStatistics(2, 3, momentum=0.9)
+    ema.update(torch.tensor(a, dtype=torch.float32), torch.tensor(la))
+    x0 = a[la == 0]
+    np.testing.assert_allclose(ema.mean[0].numpy(), x0.mean(0), atol=1e-5)
+    ema.update(torch.tensor(b, dtype=torch.float32), torch.tensor(lb))
+    np.testing.assert_allclose(ema.mean[0].numpy(), 0.9 * x0.mean(0) + 0.1 * b[lb == 0].mean(0), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_each_method_trains_saves_loads_and_predicts(method, tmp_path):
+    vol = tiny_volume()
+    settings = {"pretrain_fraction": 0.3} if method in ("bcp", "sra-seg") else {}
+    trainer = Trainer([vol], fast_config(method=method, iterations=6, method_settings=settings), out_dir=tmp_path)
+    report = trainer.train()
+    assert report.finished and report.iteration == 6
+    assert all(np.isfinite(v) for v in report.losses.values())
+    pred = report.prediction[0]
+    assert pred.labels.shape == vol.spatial_shape
+    assert 0.0 <= pred.uncertainty.min() and pred.uncertainty.max() <= 1.0
+    method_obj, meta = load_method(tmp_path)
+    assert meta["method"] == method
+    again = predict_with_model(method_obj, meta, vol, device="cpu")  # bf16 where the CPU has it
+    assert (again.labels == pred.labels).mean() > 0.99
+    np.testing.assert_allclose(again.uncertainty, pred.uncertainty, atol=0.02)
+
+
+def test_method_uncertainty_maps_include_disagreement():
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 16, 16)
+    for name in ("sgrs-net", "barl"):
+        m = build_method(name, 1, 2).eval()
+        logits, extra = m.predictor().eval()(x)
+        assert extra.shape == (2, 16, 16) and set(extra.unique().tolist()) <= {0.0, 1.0}
+        u = m.uncertainty(torch.softmax(logits, 1), extra)
+        assert torch.all(u >= extra)  # a disagreeing pixel is fully uncertain
+
+
+def test_transmedseg_on_bcp_and_swapped_direction_train():
+    vol = tiny_volume()
+    for settings in ({"base": "bcp", "base_settings": {"pretrain_fraction": 0.3}},
+                     {"direction": "teacher-to-student", "confidence": 0.0}):
+        report = Trainer([vol], fast_config(method="transmedseg", iterations=5, method_settings=settings)).train()
+        assert "tsa" in report.losses and np.isfinite(report.losses["tsa"])
+
+
+def test_bad_method_settings_are_one_clear_error():
+    with pytest.raises(InputError, match="sra-seg"):
+        build_method("sra-seg", 1, 2, {"blend": "feathered"})
+    with pytest.raises(InputError, match="unknown setting"):
+        build_method("sgrs-net", 1, 2, {"tau": 0.4})
+    with pytest.raises(InputError, match="DINOv2"):
+        Trainer([tiny_volume()], fast_config(method="sra-seg", iterations=2, method_settings={
+            "pretrain_fraction": 0.0, "encoder": "dinov2:/nonexistent/dinov2-small"})).train()
+
+
+# ------------------------------------------------------------------------------------------ SRA-Seg encoders
+
+def test_sra_seg_embeds_the_labeled_bank_once(tiny_dinov2):
+    vol = tiny_volume(labeled=(0, 2, 4))
+    cfg = fast_config(method="sra-seg", iterations=5,
+                      method_settings={"pretrain_fraction": 0.0, "encoder": tiny_dinov2, "encoder_size": 28})
+    trainer = Trainer([vol], cfg)
+    calls = []
+    for _ in trainer.run():
+        calls.append(trainer.method.encoder.calls)
+    unlabeled_per_step = trainer.sampler.unlabeled_batch
+    bank = len(vol.labeled)
+    # first step: the bank (3 slices) and the batch; every later step only the batch
+    assert calls[0] == bank + unlabeled_per_step
+    assert calls[4] - calls[0] == 4 * unlabeled_per_step
+    assert "alignment" in trainer.step(0.5)
+
+
+def test_default_encoder_is_offline_imagenet_efficientnet():
+    from napari_semiseg.core.encoders import load_encoder
+
+    enc = load_encoder()
+    x = torch.rand(3, 1, 40, 40)
+    e = enc.embed(x)
+    assert e.shape == (3, 1280) and torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(enc.embed(x[:1]), e[:1], atol=1e-4)  # frozen and deterministic
+
+
+def test_sra_seg_paper_code_mode_logs_a_distance_that_does_not_train(tiny_dinov2):
+    m = build_method("sra-seg", 1, 2, {"pretrain_fraction": 0.0, "sa_mode": "paper_code", "encoder": tiny_dinov2,
+                                       "encoder_size": 28})
+    batch = Batch(torch.rand(2, 1, 16, 16), torch.randint(0, 2, (2, 16, 16)), torch.rand(2, 1, 16, 16))
+    out = m.training_step(batch, TrainState(3, 0.5))
+    assert "sa_distance" in out and not out["sa_distance"].requires_grad
+
+
+# ------------------------------------------------------------------------------------------ synthetic data
+
+def test_unlabeled_stream_from_a_folder_of_synthetic_images(tmp_path):
+    vol = tiny_volume(labeled=(1, 4))
+    folder = write_standin_synthetic([vol], tmp_path / "synthetic", 5)
+    assert len(list(folder.glob("*.tif"))) == 5
+    cfg = fast_config(method="sra-seg", iterations=3, unlabeled_dir=str(folder), unlabeled_source="extra",
+                      method_settings={"pretrain_fraction": 0.0, "sa_mode": "off"})
+    trainer = Trainer([vol], cfg)
+    sampler = trainer.sampler
+    assert sampler.n_unlabeled == 5 and all(vi >= 1 for vi, _ in sampler._unlabeled.items)
+    assert trainer.train().finished
+    both = Trainer([vol], fast_config(unlabeled_dir=str(folder), unlabeled_source="both")).sampler
+    assert both.n_unlabeled == 5 + len(vol.unlabeled)
+    # the 3D model takes neighbouring slices as channels: a 2D synthetic image is its own neighbours
+    x = sampler._stack([(1, 0)])
+    assert x.shape[1] == trainer.method.in_channels == 3 and torch.equal(x[0, 0], x[0, 1])
+
+
+def test_synthetic_folder_errors_are_clear(tmp_path):
+    vol = tiny_volume()
+    with pytest.raises(InputError, match="does not exist"):
+        Trainer([vol], fast_config(unlabeled_dir=str(tmp_path / "missing"), unlabeled_source="extra"))
+    rgb = tmp_path / "rgb"
+    rgb.mkdir()
+    import tifffile
+
+    tifffile.imwrite(rgb / "a.tif", np.zeros((20, 20, 3), np.uint8))
+    with pytest.raises(InputError, match="channel"):
+        Trainer([vol], fast_config(unlabeled_dir=str(rgb), unlabeled_source="extra"))
+
+
+def test_variant_syntax():
+    assert split_methods("bcp,sra-seg[sa_mode=off,blend=hard],sgrs-net") == [
+        "bcp", "sra-seg[sa_mode=off,blend=hard]", "sgrs-net"]
+    v = parse_variant("sra-seg[sa_mode=off,unlabeled_source=extra,sa_weight=0.5]")
+    assert v.method == "sra-seg" and v.settings == {"sa_mode": "off", "sa_weight": 0.5}
+    assert v.config == {"unlabeled_source": "extra"} and v.wants_extra_unlabeled
+    with pytest.raises(InputError, match="Unknown method"):
+        parse_variant("fixmatch")
+
+
+def test_all_methods_are_registered():
+    assert set(NEW_METHODS) <= set(METHODS)
+
+
+def test_volume_synthetic_images_have_the_volume_channels(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.random((24, 24, 3)).astype(np.float32)
+    lab = np.zeros((24, 24), np.uint8)
+    lab[5:10, 5:10] = 1
+    v = Volume(img, lab, {0}, channels=True)
+    folder = write_standin_synthetic([v], tmp_path / "s", 2)
+    trainer = Trainer([v], fast_config(unlabeled_dir=str(folder), unlabeled_source="extra"))
+    assert trainer.sampler.next().x_u.shape[1] == 3
