@@ -47,4 +47,7 @@ $BIN benchmark $HIPPO --protocol session --volumes 3 --k 3 --seconds 60 --axis 2
      "sra-seg[blend=hard],sgrs-net[inconsistent=hard],sgrs-net[inconsistent=exclude],sgrs-net[exclude_uncertain=false],barl[cps_weight=0,consistency_weight=0],barl[pcbc_weight=0],barl[region_weight=0],barl[instance_weight=0],transmedseg[tsa_weight=0],transmedseg[direction=teacher-to-student]" \
      --json $OUT/methods_ablation.json > $OUT/methods_ablation.log 2>&1
 # SGRS-Net's released pseudo-label weight (1.0) against the 0.1 our mean teacher measured best
-$BIN benchmark $HIPPO $S --methods "sgrs-net[pseudo_weight=0.1]" --json $OUT/methods_session_d.json > $OUT/methods_session_d.log 2>&1
+$BIN benchmark $HIPPO $S --methods "sgrs-net[pseudo_weight=0.1]" --json $OUT/methods_session_d.json > $OUT/methods_session_d.log 2>&1 &
+# BARL without its instance term, the ablation's best row, on all 10 volumes
+$BIN benchmark $HIPPO $S --methods "barl[instance_weight=0]" --json $OUT/methods_session_e.json > $OUT/methods_session_e.log 2>&1 &
+wait

@@ -103,7 +103,7 @@ def main():
     p = out / "dataset.json"
     if p.exists():
         print(f"### dataset\n\n{dataset_table(p)}\n")
-    session = [out / f"methods_session_{k}.json" for k in "abcd"]
+    session = [out / f"methods_session_{k}.json" for k in "abcde"]
     if session[0].exists():
         print(f"### methods, session\n\n{merged_session_table(session)}\n")
         print(f"### methods, ablations (3 volumes)\n\n"
