@@ -7,10 +7,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from napari_semiseg import __version__
 from napari_semiseg.cli import main
 from napari_semiseg.core.io import write_labels
+from napari_semiseg.core.trainer import TrainConfig
 from napari_semiseg.samples import sample_labels
 
 
@@ -193,3 +195,28 @@ def test_benchmark_session_protocol_reports_interpolation_baseline(tmp_path, hip
     row = json.loads(out.read_text())["volumes"][0]
     chosen = row["methods"]["mean-teacher"]["labeled"]
     assert len(chosen) == 3 and set(chosen) != set(row["labeled"])
+
+
+def test_chase_layout_reads_both_observers_and_scores_the_human_ceiling(tmp_path):
+    from conftest import CHASE
+
+    if not (CHASE / "manual").is_dir():
+        pytest.skip("../shared/data/chase_db1 is not available")
+    import shutil
+
+    from napari_semiseg.core.benchmark import load_cases, run_dataset
+
+    data = tmp_path / "chase"
+    (data / "images").mkdir(parents=True)
+    (data / "manual").mkdir()
+    for name in ("Image_01L", "Image_01R", "Image_02L"):
+        shutil.copy(CHASE / "images" / f"{name}.jpg", data / "images")
+        for obs in ("1stHO", "2ndHO"):
+            shutil.copy(CHASE / "manual" / f"{name}_{obs}.png", data / "manual")
+    cases = load_cases(data)
+    assert [c.name for c in cases] == ["Image_01L", "Image_01R", "Image_02L"]
+    assert cases[0].channels and cases[0].second_observer.shape == cases[0].labels.shape
+    out = run_dataset(cases, ["supervised"], labeled_fraction=0.5, test_count=1, iterations=1,
+                      base_config=TrainConfig(max_side=64, batch_size=2, labeled_batch=1, threads=1))
+    assert out["test"] == ["Image_02L"] and out["n_labeled_volumes"] == 1
+    assert 0.6 < out["second_observer"]["mean"]["dice"] < 1.0  # two experts agree, not perfectly

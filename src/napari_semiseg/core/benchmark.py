@@ -20,7 +20,6 @@ from .variants import config_for, parse_variant
 from .volume import Volume, labels_on_slices
 
 
-
 def synthetic_count(volumes: list[Volume]) -> int:
     """How many stand-in synthetic images (variants.write_standin_synthetic) to make: about 9 per
     labeled slice, as in SRA-Seg's ACDC list (1176 synthetic for 136 labeled), between 64 and 1000."""
