@@ -101,6 +101,7 @@ def _add_engine_options(p) -> None:
 
 def _config_from(args, **overrides):
     from .core.trainer import TrainConfig
+    from .core.variants import parse_value
 
     cfg = TrainConfig(device=args.device, threads=args.threads, precision=args.precision, seed=args.seed,
                       **overrides)
@@ -108,7 +109,7 @@ def _config_from(args, **overrides):
         if "=" not in item:
             raise InputError(f"--set takes KEY=VALUE, not '{item}'.")
         key, raw = item.split("=", 1)
-        value = _parse_value(raw)
+        value = parse_value(raw)
         if key.startswith("method."):
             cfg.method_settings[key[len("method."):]] = value
         elif key in TrainConfig.__dataclass_fields__:
@@ -116,13 +117,6 @@ def _config_from(args, **overrides):
         else:
             raise InputError(f"Unknown setting '{key}'; known: {', '.join(TrainConfig.__dataclass_fields__)}.")
     return cfg
-
-
-def _parse_value(raw: str):
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,8 @@ class Variant:
         return self.config.get("unlabeled_source", "real") != "real" and not self.config.get("unlabeled_dir")
 
 
-def _value(raw: str):
+def parse_value(raw: str):
+    """A setting's value: JSON where it parses (numbers, true, null, lists), else the text itself."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
@@ -67,7 +68,7 @@ def parse_settings(text: str) -> dict:
         key, eq, raw = item.partition("=")
         if not eq or not key.strip():
             raise InputError(f"'{item}' is not KEY=VALUE.")
-        out[key.strip()] = _value(raw.strip())
+        out[key.strip()] = parse_value(raw.strip())
     return out
 
 

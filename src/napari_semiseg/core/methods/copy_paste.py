@@ -216,6 +216,7 @@ class SRASeg(BCP):
         self._encoder = None  # loaded on first use, never saved with the model
         self._bank = None
         self._bank_cache: dict = {}
+        self._bank_matrix: tuple[list, torch.Tensor] | None = None
 
     def trainable_parameters(self):
         return list(self.student.parameters()) + list(self.projection.parameters())
@@ -241,7 +242,10 @@ class SRASeg(BCP):
             x = torch.stack([self._bank.labeled_image(k) for k in chunk]).to(device)
             for k, e in zip(chunk, self.encoder.embed(x)):
                 self._bank_cache[k] = e
-        return keys, torch.stack([self._bank_cache[k].to(device) for k in keys])
+        if self._bank_matrix is None or self._bank_matrix[0] != keys or self._bank_matrix[1].device != device:
+            # stacked once per labeled set, not at every step
+            self._bank_matrix = (keys, torch.stack([self._bank_cache[k].to(device) for k in keys]))
+        return keys, self._bank_matrix[1]
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return self.projection(self.student.encode(x)[-1].mean((2, 3)).float())
