@@ -11,6 +11,17 @@ HIPPO = SHARED_DATA / "hippocampus_msd"
 CHASE = SHARED_DATA / "chase_db1"
 
 
+@pytest.fixture(autouse=True)
+def private_home(tmp_path, monkeypatch):
+    """Autosaves of every test go to its own folder, never to the real ~/.napari-semiseg."""
+    monkeypatch.setenv("NAPARI_SEMISEG_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def autosave_root(tmp_path: Path) -> Path:
+    return tmp_path / "home" / "autosave"
+
+
 @pytest.fixture
 def hippo_case():
     """A real MSD hippocampus volume and its labels from ../shared/data (skipped when absent)."""

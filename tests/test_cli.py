@@ -84,9 +84,9 @@ def test_train_predict_evaluate_round_trip_on_a_real_volume(tmp_path):
                 "--axis", "2", "--method", "mean-teacher", "--iterations", "40", "--device", "cpu",
                 "--set", "batch_size=4", "--set", "labeled_batch=2", "--out", str(model))
     assert r.returncode == 0, r.stderr
-    assert (model / "model.safetensors").exists() and (model / "config.json").exists()
+    assert (model / "model" / "model.safetensors").exists() and (model / "model" / "config.json").exists()
     assert (model / "mask.nii.gz").exists() and (model / "uncertainty.nii.gz").exists()
-    cfg = json.loads((model / "config.json").read_text())
+    cfg = json.loads((model / "model" / "config.json").read_text())
     assert cfg["method"] == "mean-teacher" and cfg["axis"] == 2 and cfg["n_classes"] == 3
 
     mask = tmp_path / "pred.nii.gz"
@@ -117,7 +117,7 @@ def test_train_resumes_a_saved_model(tmp_path):
     assert main(["train", *common, "--iterations", "3", "--out", str(tmp_path / "a")]) == 0
     assert main(["train", *common, "--iterations", "2", "--resume", str(tmp_path / "a"),
                  "--out", str(tmp_path / "b")]) == 0
-    assert json.loads((tmp_path / "b" / "config.json").read_text())["iteration"] == 5
+    assert json.loads((tmp_path / "b" / "model" / "config.json").read_text())["iteration"] == 5
 
 
 def test_train_bad_inputs_are_one_sentence(tmp_path):

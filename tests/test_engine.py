@@ -16,7 +16,8 @@ from napari_semiseg.core.losses import (masked_cross_entropy, normalised_entropy
 from napari_semiseg.core.methods import build_method
 from napari_semiseg.core.methods.base import TrainState
 from napari_semiseg.core.sampling import TwoStreamSampler, augment_pairs
-from napari_semiseg.core.trainer import LabelUpdate, TrainConfig, Trainer, load_method
+from napari_semiseg.core.checkpoint import load_method
+from napari_semiseg.core.trainer import LabelUpdate, TrainConfig, Trainer
 from napari_semiseg.core.volume import Volume, labeled_slices_from_labels
 
 

@@ -16,7 +16,8 @@ from napari_semiseg.core.methods.base import Batch, TrainState
 from napari_semiseg.core.methods.sgrs import Regions, SGRSSettings, region_losses, synergy_regions
 from napari_semiseg.core.methods.transmedseg import ClassStatistics, tsa_cross_entropy, tsa_logit_shift
 from napari_semiseg.core.mixing import blend_band, box_mask, largest_component_per_class, soft_alpha
-from napari_semiseg.core.trainer import Trainer, load_method, predict_with_model
+from napari_semiseg.core.checkpoint import load_method, predict_with_model
+from napari_semiseg.core.trainer import Trainer
 from napari_semiseg.core.variants import parse_variant, split_methods, write_standin_synthetic
 from napari_semiseg.core.volume import Volume
 

@@ -8,6 +8,7 @@ import tifffile
 import torch
 from qtpy.QtWidgets import QPushButton
 
+from conftest import autosave_root
 from napari_semiseg.core.io import read_labels
 from napari_semiseg.napari.controller import PSEUDO, SEGMENTATION, UNCERTAINTY
 from napari_semiseg.samples import sample_image, sample_labels
@@ -36,7 +37,6 @@ def session(make_napari_viewer, tmp_path, qtbot):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-semiseg", "hippocampus")
     _, widget = viewer.window.add_plugin_dock_widget("napari-semiseg", WIDGET)
-    widget.controller.autosave_dir = tmp_path / "autosave"
     widget.axis_spin.setValue(AXIS)
     widget.refresh_spin.setValue(1)
     widget.batch_spin.setValue(4)
@@ -92,7 +92,7 @@ def test_full_loop_train_review_accept_finish_export(session, qtbot, tmp_path):
 
     click(widget, "stop_button")
     qtbot.waitUntil(lambda: not c.running, timeout=60000)
-    assert (tmp_path / "autosave").exists() and any((tmp_path / "autosave").rglob("model.safetensors"))
+    assert autosave_root(tmp_path).exists() and any(autosave_root(tmp_path).rglob("model.safetensors"))
 
     click(widget, "finish_button")
     seg = viewer.layers[SEGMENTATION]
@@ -152,7 +152,6 @@ def test_removing_the_image_or_closing_the_viewer_while_training(make_napari_vie
     viewer.open_sample("napari-semiseg", "hippocampus")
     _, widget = viewer.window.add_plugin_dock_widget("napari-semiseg", WIDGET)
     c = widget.controller
-    c.autosave_dir = tmp_path / "autosave"
     widget.axis_spin.setValue(AXIS)
     paint_reference(viewer.layers["annotations"])
     click(widget, "train_button")
@@ -162,20 +161,19 @@ def test_removing_the_image_or_closing_the_viewer_while_training(make_napari_vie
     viewer.layers["annotations"].data_setitem((np.array([10]), np.array([10]), np.array([5])), 1)
     viewer.layers.remove("hippocampus MRI")
     qtbot.waitUntil(lambda: not c.running, timeout=60000)
-    assert any((tmp_path / "autosave").rglob("model.safetensors"))
+    assert any(autosave_root(tmp_path).rglob("model.safetensors"))
 
     viewer2 = make_napari_viewer()
     viewer2.open_sample("napari-semiseg", "hippocampus")
     _, widget2 = viewer2.window.add_plugin_dock_widget("napari-semiseg", WIDGET)
     c2 = widget2.controller
-    c2.autosave_dir = tmp_path / "autosave2"
     paint_reference(viewer2.layers["annotations"])
     widget2.axis_spin.setValue(AXIS)
     click(widget2, "train_button")
     qtbot.waitUntil(lambda: c2.state.last_report is not None, timeout=30000)
     viewer2.close()
     assert not c2.running
-    assert any((tmp_path / "autosave2").rglob("model.safetensors"))
+    assert any(autosave_root(tmp_path).rglob("model.safetensors"))
 
 
 def test_save_load_and_resume_from_the_widget(session, qtbot, tmp_path):
@@ -195,7 +193,6 @@ def test_save_load_and_resume_from_the_widget(session, qtbot, tmp_path):
     out = c.save_model(tmp_path / "saved")
     meta = c.load_model(out)
     assert meta["iteration"] == first
-    widget._resume_next = True
     click(widget, "train_button")
     assert c.running, _errors()
     qtbot.waitUntil(lambda: not c.running, timeout=60000)
@@ -213,7 +210,6 @@ def test_2d_grey_and_rgb_images_train_and_show_live_layers(make_napari_viewer, q
     viewer.add_image(img, name="photo", rgb=rgb)
     _, widget = viewer.window.add_plugin_dock_widget("napari-semiseg", WIDGET)
     c = widget.controller
-    c.autosave_dir = tmp_path / "autosave"
     click(widget, "train_button")  # nothing painted yet: refused, and a labels layer is not forced on the user
     assert not c.running and any("No slice is labeled" in e for e in _errors())
     labels = c.state.labels_layer

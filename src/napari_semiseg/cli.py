@@ -11,7 +11,32 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .core.io import InputError
+from .core.errors import InputError, is_out_of_memory, out_of_memory_message
+
+
+def _number(kind, minimum, inclusive: bool):
+    """An argparse type: a number of ``kind`` at least (or above) ``minimum``, else one sentence."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a {'whole ' if kind is int else ''}number") from None
+        if value != value or value in (float("inf"), float("-inf")) or (value < minimum if inclusive
+                                                                         else value <= minimum):
+            raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'above'} {minimum}, not {text}")
+        return value
+    return parse
+
+
+POSITIVE = _number(float, 0, inclusive=False)
+AT_LEAST_ONE = _number(int, 1, inclusive=True)
+
+
+def _fraction(text: str) -> float:
+    value = POSITIVE(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction from 0 to 1, not {text}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                                        "(headless without a display)")
     demo.add_argument("--headless", action="store_true", help="run without a window even if a display exists")
     demo.add_argument("--out", default="semiseg-output", help="output folder for the headless run")
-    demo.add_argument("--seconds", type=float, default=45.0, help="training time of the headless run")
+    demo.add_argument("--seconds", type=POSITIVE, default=45.0, help="training time of the headless run")
 
     tr = sub.add_parser("train", help="train on an image from its labeled slices (and its unlabeled rest)")
     tr.add_argument("image", help="image (NIfTI, TIFF, PNG/JPEG)")
@@ -35,8 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--axis", type=int, default=0, help="slice axis of a 3D image (display order z, y, x; default 0)")
     tr.add_argument("--method", default="mean-teacher", help=f"one of {', '.join(_method_names())}")
     budget = tr.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, help="training time budget")
-    budget.add_argument("--iterations", type=int, help="training step budget")
+    budget.add_argument("--minutes", type=POSITIVE, help="training time budget")
+    budget.add_argument("--iterations", type=AT_LEAST_ONE, help="training step budget")
     _add_engine_options(tr)
     tr.add_argument("--resume", metavar="MODEL", help="continue training a saved model")
     tr.add_argument("--out", default="semiseg-model", help="folder for the model, masks and uncertainty map")
@@ -61,23 +86,23 @@ def _parser() -> argparse.ArgumentParser:
     bm.add_argument("--methods", default="supervised,mean-teacher",
                     help="comma-separated methods, each optionally with settings: sra-seg[sa_mode=off,blend=hard]")
     bm.add_argument("--axis", type=int, default=0, help="slice axis of 3D volumes (display order)")
-    bm.add_argument("--volumes", type=int, help="session: use the first N volumes (sorted names)")
-    bm.add_argument("--k", type=int, default=3, help="session: labeled slices per volume")
+    bm.add_argument("--volumes", type=AT_LEAST_ONE, help="session: use the first N volumes (sorted names)")
+    bm.add_argument("--k", type=AT_LEAST_ONE, default=3, help="session: labeled slices per volume")
     bm.add_argument("--selection", default="even", choices=["even", "uncertainty"],
                     help="session: K evenly spaced slices, or K-1 then the teacher's most uncertain one")
-    bm.add_argument("--seconds", type=float, default=60.0, help="session: training seconds per method and volume")
-    bm.add_argument("--anisotropic", type=int, default=1, metavar="STEP",
+    bm.add_argument("--seconds", type=POSITIVE, default=60.0, help="session: training seconds per method and volume")
+    bm.add_argument("--anisotropic", type=AT_LEAST_ONE, default=1, metavar="STEP",
                     help="session: keep every STEP-th slice along the axis (thick slices)")
     bm.add_argument("--warm-start", action="store_true",
                     help="session: start each volume from a model trained on the other volumes (dataset-style, "
                          "--warm-minutes on the volumes not in the session set)")
-    bm.add_argument("--warm-minutes", type=float, default=5.0)
-    bm.add_argument("--minutes", type=float, default=10.0, help="dataset: training budget per method")
-    bm.add_argument("--iterations", type=int, help="step budget instead of --minutes (dataset) or --seconds (session)")
-    bm.add_argument("--labeled-fraction", type=float, default=0.1, help="dataset: fraction of training volumes labeled")
-    bm.add_argument("--labeled-slices", type=int, default=136, help="SSL4MIS: first N slices of train_slices.list")
-    bm.add_argument("--max-test", type=int, help="dataset: evaluate on at most N test volumes")
-    bm.add_argument("--test-count", type=int, help="dataset: the last N volumes are the test set (default: 20 %%)")
+    bm.add_argument("--warm-minutes", type=POSITIVE, default=5.0)
+    bm.add_argument("--minutes", type=POSITIVE, default=10.0, help="dataset: training budget per method")
+    bm.add_argument("--iterations", type=AT_LEAST_ONE, help="step budget instead of --minutes (dataset) or --seconds (session)")
+    bm.add_argument("--labeled-fraction", type=_fraction, default=0.1, help="dataset: fraction of training volumes labeled")
+    bm.add_argument("--labeled-slices", type=AT_LEAST_ONE, default=136, help="SSL4MIS: first N slices of train_slices.list")
+    bm.add_argument("--max-test", type=AT_LEAST_ONE, help="dataset: evaluate on at most N test volumes")
+    bm.add_argument("--test-count", type=AT_LEAST_ONE, help="dataset: the last N volumes are the test set (default: 20 %%)")
     _add_engine_options(bm)
     bm.add_argument("--json", metavar="FILE", help="write all results as JSON")
     return p
@@ -91,7 +116,7 @@ def _method_names() -> list[str]:
 
 def _add_engine_options(p) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--threads", type=int, help="CPU threads for training (default: all cores)")
+    p.add_argument("--threads", type=AT_LEAST_ONE, help="CPU threads for training (default: all cores)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -116,6 +141,14 @@ def _config_from(args, **overrides):
             setattr(cfg, key, value)
         else:
             raise InputError(f"Unknown setting '{key}'; known: {', '.join(TrainConfig.__dataclass_fields__)}.")
+    cfg.check()
+    if cfg.method_settings:  # the method's own settings too, before any data is read
+        from .core.methods import METHODS
+
+        try:
+            METHODS[cfg.method].Settings.from_dict(cfg.method_settings)
+        except ValueError as err:
+            raise InputError(f"{cfg.method}: {err}.") from None
     return cfg
 
 
@@ -124,21 +157,73 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         _parser().print_help()
         return 0
+    command = {"demo": cmd_demo, "evaluate": cmd_evaluate, "train": cmd_train, "predict": cmd_predict,
+               "benchmark": cmd_benchmark}[args.command]
     try:
-        return {"demo": cmd_demo, "evaluate": cmd_evaluate, "train": cmd_train, "predict": cmd_predict,
-                "benchmark": cmd_benchmark}[args.command](args)
+        with _terminate_as_interrupt():
+            return command(args)
     except InputError as err:
-        print(f"napari-semiseg: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err), 2)
+    except FloatingPointError as err:  # training diverged: the user's data or settings, said plainly
+        return _fail(str(err), 2)
     except KeyboardInterrupt:
-        print("napari-semiseg: interrupted", file=sys.stderr)
-        return 130
+        return _fail("interrupted", 130)
+    except Exception as err:  # noqa: BLE001 - the user gets one sentence, never a traceback
+        if is_out_of_memory(err):
+            doing = {"train": "training", "predict": "predicting", "benchmark": "benchmarking",
+                     "evaluate": "evaluating", "demo": "running the demo"}[args.command]
+            return _fail(out_of_memory_message(doing), 3)
+        if os.environ.get("NAPARI_SEMISEG_DEBUG"):
+            raise
+        first = (str(err).strip().splitlines() or [""])[0]
+        return _fail(f"internal error ({type(err).__name__}: {first}). This is a bug in napari-semiseg: please "
+                     "report it; NAPARI_SEMISEG_DEBUG=1 shows the details.", 1)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"napari-semiseg: error: {message}", file=sys.stderr)
+    return code
+
+
+class _terminate_as_interrupt:
+    """SIGTERM (a cluster's time limit, a service stop) ends a command like Ctrl-C: the model is saved."""
+
+    def __enter__(self):
+        import signal
+
+        self._old = None
+        try:
+            self._old = signal.signal(signal.SIGTERM, _raise_interrupt)
+        except ValueError:  # not the main thread (tests call main() from threads): leave signals alone
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _write_json(path, data) -> None:
+    from .core.files import atomic_write
+
+    text = json.dumps(data, indent=2, default=_json_default)
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text), "results")
 
 
 def cmd_evaluate(args) -> int:
+    from .core.files import check_output_file
     from .core.io import read_labels
     from .core.metrics import format_table, per_class_metrics, summarise
 
+    if args.json:
+        check_output_file(args.json, [args.pred, args.ref], "metrics")
     pred = read_labels(args.pred)
     ref = read_labels(args.ref)
     if pred.data.shape != ref.data.shape:
@@ -152,7 +237,7 @@ def cmd_evaluate(args) -> int:
     if args.json:
         summary = summarise({Path(args.pred).name: metrics})
         summary["distance_unit"] = "mm" if args.mm else "voxels"
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+        _write_json(args.json, summary)
         print(f"metrics written to {args.json}")
     return 0
 
@@ -167,17 +252,23 @@ def _load_pair(image_path, labels_path):
 
 
 def cmd_train(args) -> int:
+    from .core.checkpoint import MODEL_SUBFOLDER
     from .core.io import write_float_map, write_labels
     from .core.trainer import Trainer
     from .core.volume import Volume, labeled_slices_from_labels, labels_on_slices
 
+    cfg = _config_from(args, method=args.method, minutes=args.minutes, iterations=args.iterations)
     image, labels = _load_pair(args.image, args.labels)
+    out = Path(args.out)
+    suffix = ".nii.gz" if image.source.format == "nifti" else ".tif"
+    mask_path, unc_path, model_path = out / f"mask{suffix}", out / f"uncertainty{suffix}", out / MODEL_SUBFOLDER
+    _check_train_outputs(args, cfg, out, mask_path, unc_path, model_path)
     ndim = len(image.spatial_shape)
     axis = args.axis if ndim == 3 else 0
     if ndim == 3 and not 0 <= axis < 3:
         raise InputError(f"--axis {axis} does not exist: a 3D image has axes 0, 1 and 2.")
     n_slices = image.spatial_shape[axis] if ndim == 3 else 1
-    lab = labels.data
+    lab = _binary_mask_as_class_one(labels.data, Path(args.labels).name)
     if args.labeled == "all":
         labeled = set(range(n_slices))
     elif args.labeled_slices:
@@ -193,31 +284,69 @@ def cmd_train(args) -> int:
         labeled = labeled_slices_from_labels(lab, axis)
     if not labeled:
         raise InputError("The label map is empty: label at least one slice, or name slices with --labeled-slices.")
-    if args.minutes is None and args.iterations is None and args.resume is None:
-        args.minutes = 1.0
+    if cfg.minutes is None and cfg.iterations is None and args.resume is None:
+        cfg.minutes = 1.0
     volume = Volume(image.data, lab, labeled, axis=axis, channels=image.rgb, name=Path(args.image).name,
                     spacing=image.source.spacing)
-    cfg = _config_from(args, method=args.method, minutes=args.minutes, iterations=args.iterations)
-    out = Path(args.out)
-    trainer = Trainer([volume], cfg, resume_from=args.resume, out_dir=out)
+    if volume.non_finite_voxels:
+        print(f"napari-semiseg: warning: {volume.non_finite_voxels} voxel(s) of {Path(args.image).name} are NaN or "
+              "infinite; they are treated as the darkest intensity.", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer([volume], cfg, resume_from=args.resume, out_dir=model_path)
     print(f"Training {cfg.method} on {Path(args.image).name} {image.spatial_shape}: {len(labeled)} labeled "
           f"slice(s) along axis {axis}, {trainer.device.type} ({trainer.precision}), "
-          f"{'%.1f min' % cfg.minutes if cfg.minutes else '%d iterations' % cfg.iterations}.")
-    report = trainer.train(progress_bar=True)
-    pred = report.prediction[0]
-    mask = write_labels(out / "mask.nii.gz" if image.source.format == "nifti" else out / "mask.tif", pred.labels,
-                        image.source)
-    unc = write_float_map(out / ("uncertainty.nii.gz" if image.source.format == "nifti" else "uncertainty.tif"),
-                             pred.uncertainty, image.source)
-    print(f"{report.iteration} iterations in {report.elapsed:.0f} s. Model: {out.resolve()}")
+          f"{'%.1f min' % cfg.minutes if cfg.minutes else '%d iterations' % cfg.iterations}; "
+          f"a checkpoint every {cfg.checkpoint_seconds:.0f} s into {model_path}.")
+    try:
+        report = trainer.train(progress_bar=True)
+    except KeyboardInterrupt:
+        saved = trainer.save(model_path) if trainer.iteration else None
+        print(f"napari-semiseg: interrupted at iteration {trainer.iteration}" +
+              (f"; the model is saved in {saved} (continue with --resume {saved})." if saved else "."),
+              file=sys.stderr)
+        return 130
+    pred = report.prediction[0] if report.prediction else trainer.predict()[0]
+    mask = write_labels(mask_path, pred.labels, image.source)
+    unc = write_float_map(unc_path, pred.uncertainty, image.source)
+    print(f"{report.iteration} iterations in {report.elapsed:.0f} s. Model: {model_path.resolve()}")
     print(f"Mask: {mask.resolve()}\nUncertainty: {unc.resolve()}")
     return 0
 
 
-def cmd_predict(args) -> int:
-    from .core.io import read_image, write_float_map, write_labels
-    from .core.trainer import load_method, predict_with_model, volume_for_model
+def _check_train_outputs(args, cfg, out: Path, mask_path: Path, unc_path: Path, model_path: Path) -> None:
+    """Before any training: every output writable, none of them (nor the model folder) an input."""
+    from .core.checkpoint import check_replaceable
+    from .core.files import check_output_folder, expand_inputs, refuse_input_overwrite, refuse_inputs_inside
 
+    inputs = expand_inputs([args.image, args.labels, args.resume, cfg.unlabeled_dir])
+    check_output_folder(out, inputs)
+    refuse_input_overwrite(mask_path, inputs, "mask")
+    refuse_input_overwrite(unc_path, inputs, "uncertainty map")
+    refuse_inputs_inside(model_path, inputs, "model")
+    check_replaceable(model_path)
+
+
+def _binary_mask_as_class_one(labels: np.ndarray, name: str) -> np.ndarray:
+    """A 0/255 (or 0/65535) mask, as image editors save them, is one class, not class 255."""
+    top = int(labels.max())
+    if top in (255, 65535) and not np.any((labels != 0) & (labels != top)):
+        print(f"napari-semiseg: note: {name} holds only 0 and {top}: read as a binary mask (class 1).",
+              file=sys.stderr)
+        return (labels != 0).astype(np.uint8)
+    return labels
+
+
+def cmd_predict(args) -> int:
+    from .core.checkpoint import load_method, model_dir, predict_with_model, volume_for_model
+    from .core.files import expand_inputs, is_same_file
+    from .core.io import check_export_path, read_image, write_float_map, write_labels
+
+    inputs = expand_inputs([model_dir(args.model), args.image])
+    check_export_path(args.out, inputs, "mask")
+    if args.uncertainty:
+        check_export_path(args.uncertainty, inputs, "uncertainty map")
+        if is_same_file(args.out, args.uncertainty):
+            raise InputError("--out and --uncertainty name the same file: give each its own name.")
     method, meta = load_method(args.model)
     image = read_image(args.image, as_labels=False)
     volume = volume_for_model(image.data, meta, channels=image.rgb, name=Path(args.image).name)
@@ -241,6 +370,10 @@ def cmd_benchmark(args) -> int:
     data = Path(args.data)
     if not data.exists():
         raise InputError(f"Data folder not found: {data}.")
+    if args.json:
+        from .core.files import check_output_file, expand_inputs
+
+        check_output_file(args.json, expand_inputs([data]), "results")  # now, not after hours of training
     if args.protocol == "dataset":
         if (data / "train_slices.list").exists():
             train, test = bm.load_ssl4mis(data, args.labeled_slices)
@@ -256,7 +389,7 @@ def cmd_benchmark(args) -> int:
     else:
         result = _session(args, bm, methods, cfg, data)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=_json_default))
+        _write_json(args.json, result)
         print(f"results written to {args.json}")
     return 0
 

@@ -10,13 +10,14 @@ Every problem with the user's input is raised as :class:`InputError` with one se
 
 from __future__ import annotations
 
+import gzip
 import os
-import tempfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .errors import InputError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -29,14 +30,6 @@ LABEL_WRITE_SUFFIXES = NIFTI_SUFFIXES + TIFF_SUFFIXES
 _LABEL_WORDS = {"label", "labels", "mask", "masks", "seg", "segmentation", "gt", "annotation",
                 "annotations", "manual", "labelstr", "labelsts"}
 _LPS = (("L", "R"), ("P", "A"), ("S", "I"))
-
-
-class InputError(Exception):
-    """A problem with the user's input, phrased as one sentence the user can act on.
-
-    Deliberately not a ValueError: napari's writer lookup swallows ValueError, which would turn
-    "refusing to overwrite your scan" into a vague "no writer" warning.
-    """
 
 
 @dataclass
@@ -151,6 +144,43 @@ def _corrupt(path: Path, err: Exception) -> InputError:
     return InputError(f"Could not read {path.name}: the file is corrupt or truncated ({type(err).__name__}).")
 
 
+def available_memory() -> int:
+    """Bytes of memory the process can still take without swapping."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return f"{n:.1f} TB"
+
+
+def not_enough_memory(what: str, needed: float | None = None) -> InputError:
+    free = available_memory()
+    need = f" (it needs about {format_bytes(needed)}, {format_bytes(free)} are free)" if needed else \
+        f" ({format_bytes(free)} are free)"
+    return InputError(f"Not enough memory to {what}{need}: close other programs, or use a machine with more memory.")
+
+
+def _check_allocation(path: Path, shape, dtype) -> int:
+    """Refuse, before reading, an array the header says would not fit in memory (or has no pixels)."""
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise InputError(f"Could not read {path.name}: its header declares a negative size {shape}; the file is corrupt.")
+    if any(s == 0 for s in shape):
+        raise InputError(f"{path.name} holds no pixels (shape {shape}): the file is empty or corrupt.")
+    nbytes = int(np.prod(shape, dtype=np.float64) * np.dtype(dtype).itemsize)
+    if nbytes > available_memory():
+        raise InputError(f"{path.name} declares {'x'.join(map(str, shape))} voxels of {np.dtype(dtype)} "
+                         f"({format_bytes(nbytes)}), more than the {format_bytes(available_memory())} of memory "
+                         "free: the header is corrupt, or the image needs a machine with more memory.")
+    return nbytes
+
+
 # --------------------------------------------------------------------------------------------
 # reading
 
@@ -158,26 +188,22 @@ def read_image(path: str | os.PathLike, *, as_labels: bool | None = None) -> Loa
     """Read an image or label file into display order.
 
     ``as_labels=None`` decides from the file name; ``True`` validates the array as a label map.
+    Whatever goes wrong becomes an :class:`InputError` in one sentence: the readers of these
+    formats raise dozens of exception types on damaged files, and none of them is the user's to see.
     """
     path = Path(path)
     _check_exists(path)
-    suffix = suffix_of(path)
-    if suffix in NIFTI_SUFFIXES:
-        loaded = _read_nifti(path)
-    elif suffix in TIFF_SUFFIXES:
-        loaded = _read_tiff(path)
-    elif suffix in PHOTO_SUFFIXES:
-        loaded = _read_photo(path)
-    elif suffix in HDF5_SUFFIXES:
-        image, label = read_h5(path)
-        key_label = as_labels if as_labels is not None else False
-        arr = label if key_label else image
-        if arr is None:
-            raise InputError(f"{path.name} has no '{'label' if key_label else 'image'}' dataset.")
-        loaded = LoadedImage(arr, SourceInfo(str(path), "hdf5", (1.0,) * arr.ndim))
-    else:
-        raise _unsupported(path)
+    try:
+        loaded = _read_any(path, as_labels)
+    except InputError:
+        raise
+    except MemoryError:
+        raise not_enough_memory(f"read {path.name}") from None
+    except Exception as err:  # noqa: BLE001 - a damaged file, whatever the reader raised
+        raise _corrupt(path, err) from None
 
+    if 0 in loaded.data.shape:
+        raise InputError(f"{path.name} holds no pixels (shape {tuple(loaded.data.shape)}): the file is empty or corrupt.")
     if as_labels is None:
         as_labels = looks_like_label_file(path) and not loaded.rgb
     if as_labels:
@@ -185,7 +211,27 @@ def read_image(path: str | os.PathLike, *, as_labels: bool | None = None) -> Loa
             raise InputError(f"{path.name} is an RGB image and cannot be used as a label map.")
         loaded.data = validate_labels(loaded.data, name=path.name)
         loaded.is_label = True
+    elif not (np.issubdtype(loaded.data.dtype, np.number) or loaded.data.dtype == bool):
+        raise InputError(f"{path.name} holds {loaded.data.dtype} values, not numbers: it is not an image.")
     return loaded
+
+
+def _read_any(path: Path, as_labels: bool | None) -> LoadedImage:
+    suffix = suffix_of(path)
+    if suffix in NIFTI_SUFFIXES:
+        return _read_nifti(path)
+    if suffix in TIFF_SUFFIXES:
+        return _read_tiff(path)
+    if suffix in PHOTO_SUFFIXES:
+        return _read_photo(path)
+    if suffix in HDF5_SUFFIXES:
+        image, label = read_h5(path)
+        key_label = as_labels if as_labels is not None else False
+        arr = label if key_label else image
+        if arr is None:
+            raise InputError(f"{path.name} has no '{'label' if key_label else 'image'}' dataset.")
+        return LoadedImage(arr, SourceInfo(str(path), "hdf5", (1.0,) * arr.ndim))
+    raise _unsupported(path)
 
 
 def read_labels(path: str | os.PathLike) -> LoadedImage:
@@ -203,24 +249,44 @@ def _check_dims(path: Path, data: np.ndarray, rgb: bool) -> None:
         raise InputError(f"{path.name} has shape {tuple(data.shape)}; an image needs at least 2 dimensions.")
 
 
+def _gzip_size(path: Path) -> int:
+    """Decompress a .gz file to the end and return its size: this checks the CRC, which nibabel skips."""
+    size = 0
+    with gzip.open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            size += len(chunk)
+    return size
+
+
 def _read_nifti(path: Path) -> LoadedImage:
     import nibabel as nib
-    from nibabel.filebasedimages import ImageFileError
 
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except (ImageFileError, EOFError, OSError, zlib.error, ValueError) as err:
-        raise _corrupt(path, err) from None
-    # drop trailing singleton axes (e.g. x, y, z, 1) but keep true 4D series as an error
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    _check_dims(path, data, rgb=False)
+    img = nib.load(str(path))
+    shape = tuple(int(s) for s in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:  # trailing singleton axes (x, y, z, 1)
+        shape = shape[:-1]
+    if len(shape) > 3 or len(shape) < 2:
+        raise InputError(f"{path.name} has {len(shape)} dimensions {shape}; only 2D and 3D images are "
+                         "supported: split 4D series into single volumes first.")
+    nbytes = _check_allocation(path, shape, img.get_data_dtype())
+    stored = _gzip_size(path) if suffix_of(path) == ".nii.gz" else path.stat().st_size
+    offset = int(img.header.get("vox_offset", 0) or 0)
+    if stored < offset + nbytes:
+        raise InputError(f"Could not read {path.name}: the file is corrupt or truncated (its header declares "
+                         f"{format_bytes(offset + nbytes)}, it holds {format_bytes(stored)}).")
     affine = np.asarray(img.affine, dtype=float)
-    zooms = tuple(float(z) for z in img.header.get_zooms()[: data.ndim])
+    zooms = tuple(float(z) for z in img.header.get_zooms()[: len(shape)])
+    header_note = ""
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        # a degenerate geometry (pixdim 0, NaN): show the voxels as ITK-SNAP does, on a unit grid, and say so
+        affine, zooms = np.eye(4), (1.0,) * len(shape)
+        header_note = "invalid orientation in the file: unit voxels and no rotation were assumed"
+    data = np.asanyarray(img.dataobj).reshape(shape)
     file_shape = tuple(int(s) for s in data.shape)
     header = {"descrip": _decode(img.header.get("descrip")), "qform_code": int(img.header["qform_code"]),
               "sform_code": int(img.header["sform_code"]), "datatype": str(img.get_data_dtype())}
+    if header_note:
+        header["warning"] = header_note
 
     if data.ndim == 3:
         to_display = _nifti_to_display(affine)
@@ -276,12 +342,13 @@ def _undo_display(data: np.ndarray, to_display: list[tuple[int, bool]]) -> np.nd
 def _read_tiff(path: Path) -> LoadedImage:
     import tifffile
 
-    try:
-        with tifffile.TiffFile(str(path)) as tif:
-            data = tif.asarray()
-            spacing = _tiff_spacing(tif)
-    except (tifffile.TiffFileError, EOFError, OSError, ValueError, zlib.error) as err:
-        raise _corrupt(path, err) from None
+    with tifffile.TiffFile(str(path)) as tif:
+        if not tif.series:
+            raise InputError(f"{path.name} holds no image: the file is empty or corrupt.")
+        series = tif.series[0]
+        _check_allocation(path, series.shape, series.dtype)
+        data = series.asarray()
+        spacing = _tiff_spacing(tif)
     data = np.squeeze(data) if data.ndim > 3 else data
     rgb = data.ndim >= 3 and data.shape[-1] in (3, 4) and data.dtype == np.uint8
     if rgb and data.shape[-1] == 4:
@@ -309,11 +376,12 @@ def _tiff_spacing(tif) -> tuple[float, ...]:
 
 def _read_photo(path: Path) -> LoadedImage:
     import imageio.v3 as iio
+    from PIL import Image
 
-    try:
-        data = np.asarray(iio.imread(str(path)))
-    except Exception as err:  # imageio raises many types for broken files
-        raise _corrupt(path, err) from None
+    with Image.open(path) as im:  # the header alone: refuse what would not fit before decoding it
+        _check_allocation(path, (im.height, im.width, len(im.getbands())), np.uint16 if im.mode.startswith("I")
+                          else np.uint8)
+    data = np.asarray(iio.imread(str(path)))
     if data.ndim == 3 and data.shape[-1] == 4:
         data = data[..., :3]
     if data.ndim == 3 and data.shape[-1] == 1:
@@ -328,15 +396,15 @@ def _read_photo(path: Path) -> LoadedImage:
 
 def read_h5(path: str | os.PathLike) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Read an SSL4MIS-style HDF5 file: ``image`` (float in [0, 1]) and ``label`` (uint8)."""
-    import h5py
-
     path = Path(path)
     _check_exists(path)
     try:
-        with h5py.File(str(path), "r") as f:
-            image = np.asarray(f["image"]) if "image" in f else None
-            label = np.asarray(f["label"]) if "label" in f else None
-    except (OSError, KeyError, ValueError) as err:
+        image, label = _read_h5_datasets(path)
+    except InputError:
+        raise
+    except MemoryError:
+        raise not_enough_memory(f"read {path.name}") from None
+    except Exception as err:  # noqa: BLE001 - h5py raises OSError, KeyError, RuntimeError... on damage
         raise _corrupt(path, err) from None
     if image is None and label is None:
         raise InputError(f"{path.name} has neither an 'image' nor a 'label' dataset (SSL4MIS layout).")
@@ -348,6 +416,26 @@ def read_h5(path: str | os.PathLike) -> tuple[np.ndarray | None, np.ndarray | No
     if label is not None:
         label = validate_labels(label, name=path.name)
     return image, label
+
+
+def _read_h5_datasets(path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
+    import h5py
+
+    out = []
+    with h5py.File(str(path), "r") as f:
+        for key in ("image", "label"):
+            ds = f.get(key)
+            if ds is None:
+                out.append(None)
+                continue
+            if not isinstance(ds, h5py.Dataset) or not ds.shape:
+                raise InputError(f"In {path.name}, '{key}' is not an array.")
+            _check_allocation(path, ds.shape, ds.dtype)
+            arr = np.asarray(ds[()])
+            if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+                raise InputError(f"In {path.name}, '{key}' holds {arr.dtype} values, not numbers.")
+            out.append(arr)
+    return out[0], out[1]
 
 
 @dataclass
@@ -429,46 +517,38 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, source: SourceInfo
     With a NIfTI ``source`` the mask goes back to the file's voxel grid with its affine, so it
     overlays the scan in other viewers. The dtype is the smallest unsigned type that holds it.
     """
-    path = Path(path)
-    suffix = suffix_of(path)
-    if suffix not in LABEL_WRITE_SUFFIXES:
-        raise _unsupported(path, LABEL_WRITE_SUFFIXES)
+    path = _check_output(path, source, "labels")
     if labels.ndim not in (2, 3):
         raise InputError(f"Labels of shape {labels.shape} cannot be exported: 2D or 3D only.")
     labels = validate_labels(labels, name="The labels to export")
-    if source is not None and source.path and _same_file(path, Path(source.path)):
-        raise InputError(f"Refusing to overwrite {path.name}: it is the image these labels were drawn on. "
-                         "Choose another file name.")
     if path.exists() and not overwrite:
         raise InputError(f"{path} already exists.")
-    if not path.parent.exists():
-        raise InputError(f"The folder {path.parent} does not exist.")
-
-    if suffix in NIFTI_SUFFIXES:
+    if suffix_of(path) in NIFTI_SUFFIXES:
         writer = lambda tmp: _write_nifti(tmp, labels, source, spacing)  # noqa: E731
     else:
         writer = lambda tmp: _write_tiff(tmp, labels)  # noqa: E731
-    _atomic_write(path, suffix, writer)
-    return path
+    return atomic_write(path, writer, "labels", suffix=suffix_of(path))
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
+def check_export_path(path: str | os.PathLike, inputs, what: str) -> Path:
+    """An export path of a format we write, in a writable folder, and none of ``inputs``."""
+    from .files import check_output_file
+
+    path = Path(path)
+    if suffix_of(path) not in LABEL_WRITE_SUFFIXES:
+        raise _unsupported(path, LABEL_WRITE_SUFFIXES)
+    return check_output_file(path, inputs, what)
 
 
-def _atomic_write(path: Path, suffix: str, writer) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=str(path.parent))
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def _check_output(path: str | os.PathLike, source: SourceInfo | None, what: str) -> Path:
+    """The scan the data were drawn on is an input of every export."""
+    return check_export_path(path, [source.path] if source is not None and source.path else [], what)
+
+
+def atomic_write(path: Path, writer, what: str, suffix: str = "") -> Path:
+    from .files import atomic_write as _atomic
+
+    return _atomic(path, writer, what, suffix=suffix)
 
 
 def _write_tiff(tmp: str, labels: np.ndarray) -> None:
@@ -510,18 +590,14 @@ def _write_nifti(tmp: str, labels: np.ndarray, source: SourceInfo | None, spacin
 
 def write_float_map(path: str | os.PathLike, data: np.ndarray, source: SourceInfo | None = None) -> Path:
     """Write a float32 map (e.g. uncertainty) on the scan's grid: NIfTI with its affine, or TIFF."""
-    path = Path(path)
-    suffix = suffix_of(path)
+    path = _check_output(path, source, "uncertainty map")
     data = np.asarray(data, np.float32)
+    suffix = suffix_of(path)
     if suffix in NIFTI_SUFFIXES:
         import nibabel as nib
 
         grid, affine, _ = _to_file_grid(data, source)
-        _atomic_write(path, suffix, lambda tmp: nib.save(nib.Nifti1Image(grid, affine), tmp))
-    elif suffix in TIFF_SUFFIXES:
-        import tifffile
+        return atomic_write(path, lambda tmp: nib.save(nib.Nifti1Image(grid, affine), tmp), "uncertainty map", suffix)
+    import tifffile
 
-        _atomic_write(path, suffix, lambda tmp: tifffile.imwrite(tmp, data))
-    else:
-        raise _unsupported(path, LABEL_WRITE_SUFFIXES)
-    return path
+    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, data), "uncertainty map", suffix)

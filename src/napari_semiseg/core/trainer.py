@@ -8,28 +8,27 @@ volume. Between steps it accepts, through ``generator.send``, a :class:`LabelUpd
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import __version__
+from .checkpoint import FORMAT, FolderLock, load_method, load_optimiser_state, save_model, weights_are_finite
+from .errors import InputError
 from .inference import Prediction, autocast_for, predict_volume
-from .io import InputError
-from .methods import build_method
-from .methods.base import Method, TrainState
+from .methods import METHODS, build_method
+from .methods.base import TrainState
 from .sampling import TwoStreamSampler
-from .volume import Normalisation, Volume, choose_canvas
+from .settings import check_types, require
+from .volume import Volume, choose_canvas
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-OPTIMISER_NAME = "optimiser.pt"
+MAX_LABEL = 255  # pseudo-labels are uint8; a larger value is almost always an image read as labels
 
 
 @dataclass
@@ -59,14 +58,40 @@ class TrainConfig:
     final_prediction: bool = True  # predict every volume when training ends
     unlabeled_dir: str | None = None  # a folder of extra unlabeled images (e.g. synthetic ones, as SRA-Seg uses)
     unlabeled_source: str = "real"  # "real": the unlabeled slices; "extra": only the folder; "both"
+    checkpoint_seconds: float = 60.0  # a crash or kill loses at most this much training
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+    def check(self) -> TrainConfig:
+        """Every setting's type and range, as one sentence, before anything is built or trained."""
+        for name, value in check_types(TrainConfig, {f.name: getattr(self, f.name) for f in fields(self)},
+                                       "engine").items():
+            setattr(self, name, value)
+        positive = ("lr", "checkpoint_seconds")
+        require(self.method in METHODS, f"Unknown method '{self.method}': choose one of {', '.join(METHODS)}.")
+        for name in positive:
+            require(getattr(self, name) > 0, f"The setting '{name}' must be above 0, not {getattr(self, name)}.")
+        require(self.iterations is None or self.iterations >= 1,
+                f"The step budget must be at least 1 iteration, not {self.iterations}.")
+        require(self.minutes is None or self.minutes > 0, f"The time budget must be above 0 minutes, not {self.minutes}.")
+        require(self.batch_size >= 1 and self.labeled_batch >= 1 and self.labeled_batch <= self.batch_size,
+                f"The batch needs at least one labeled slice and no more labeled ({self.labeled_batch}) than in "
+                f"total ({self.batch_size}).")
+        require(self.batch_size <= 4096, f"batch_size {self.batch_size} is far beyond what fits in memory.")
+        require(32 <= self.max_side <= 16384, f"max_side must be from 32 to 16384 pixels, not {self.max_side}.")
+        require(0 <= self.context <= 8, f"context must be from 0 to 8 neighbouring slices, not {self.context}.")
+        require(self.threads is None or self.threads >= 1, f"threads must be at least 1, not {self.threads}.")
+        require(self.report_every >= 1, f"report_every must be at least 1, not {self.report_every}.")
+        require(self.first_refresh_seconds >= 0 and self.refresh_seconds >= 0,
+                "refresh_seconds and first_refresh_seconds must not be negative.")
+        require(0 <= self.momentum < 1 and self.weight_decay >= 0, "momentum must be in [0, 1) and weight_decay >= 0.")
+        for name, choices in (("device", ("auto", "cpu", "cuda", "mps")), ("precision", ("auto", "fp32", "bf16", "fp16")),
+                              ("optimiser", ("adamw", "sgd")), ("schedule", ("poly", "constant")),
+                              ("unlabeled_source", ("real", "extra", "both"))):
+            require(getattr(self, name) in choices,
+                    f"The setting '{name}' must be one of {', '.join(choices)}, not '{getattr(self, name)}'.")
+        return self
 
 
 @dataclass
@@ -138,11 +163,9 @@ class Trainer:
         if not volumes:
             raise InputError("Nothing to train on: no image was given.")
         self.volumes = volumes
-        self.config = config or TrainConfig()
+        self.config = (config or TrainConfig()).check()
         self.out_dir = Path(out_dir) if out_dir else None
         c = self.config
-        if c.labeled_batch < 1 or c.batch_size < c.labeled_batch:
-            raise InputError("The batch needs at least one labeled slice and no more labeled than in total.")
         chans = {v.n_channels for v in volumes}
         if len(chans) != 1:
             raise InputError("All images must have the same number of channels.")
@@ -153,12 +176,13 @@ class Trainer:
         if c.threads:
             torch.set_num_threads(max(1, int(c.threads)))
         _seed_everything(c.seed)
+        # the model folder is this run's alone until it ends: a second training into it is refused now
+        self._folder_lock = FolderLock(self.out_dir).acquire() if self.out_dir else None
+        self.last_checkpoint: tuple[Path, int] | None = None
 
         self.iteration = 0
-        self._resumed_meta: dict = {}
         if resume_from is not None:
-            self.method, meta = load_method(resume_from)
-            self._resumed_meta = meta
+            self.method, meta = load_method(resume_from, user_settings=c.method_settings)
             if meta["method"] != c.method:
                 raise InputError(f"The saved model was trained with {meta['method']}, not {c.method}.")
             self.canvas = int(meta["canvas"])
@@ -168,7 +192,9 @@ class Trainer:
         else:
             self.context = c.context if any(v.is_3d for v in volumes) else 0
             self.canvas = choose_canvas([v.slice_shape for v in volumes], c.max_side)
-            self.n_classes = max(2, max(max(v.classes_present()) for v in volumes) + 1)
+            top = max(max(v.classes_present()) for v in volumes)
+            _check_label_range(top)
+            self.n_classes = max(2, top + 1)
             in_ch = volumes[0].n_channels * (2 * self.context + 1)
             self.method = build_method(c.method, in_ch, self.n_classes, c.method_settings)
         self._check_labels_fit()
@@ -177,9 +203,13 @@ class Trainer:
             self.method.to(memory_format=torch.channels_last)
         self.optimiser = self._make_optimiser()
         if resume_from is not None:
-            opt_path = Path(resume_from) / OPTIMISER_NAME
-            if opt_path.exists():
-                self.optimiser.load_state_dict(torch.load(opt_path, map_location=self.device, weights_only=True))
+            opt_state = load_optimiser_state(resume_from)
+            if opt_state is not None:
+                try:
+                    self.optimiser.load_state_dict(opt_state)
+                except (ValueError, KeyError, RuntimeError):
+                    raise InputError(f"The optimiser state saved in {resume_from} does not fit this model: delete "
+                                     "optimiser.safetensors and optimiser.json to resume with a fresh one.") from None
         self.scaler = torch.amp.GradScaler(enabled=self.precision == "fp16" and self.device.type == "cuda")
 
         unl_batch = c.batch_size - c.labeled_batch if c.method != "supervised" else 0
@@ -216,6 +246,7 @@ class Trainer:
     def _check_labels_fit(self) -> None:
         for v in self.volumes:
             top = max(v.classes_present())
+            _check_label_range(top)
             if top >= self.n_classes:
                 raise InputError(f"Label {top} is beyond the {self.n_classes} classes this model was built for.")
 
@@ -285,9 +316,15 @@ class Trainer:
 
     def run(self):
         """Generator: train until the budget is spent or ``stop()``; yields :class:`Report`."""
+        try:
+            yield from self._loop()
+        finally:
+            self.close()
+
+    def _loop(self):
         c = self.config
         start_iter = self.iteration
-        t0 = time.perf_counter()
+        t0 = last_checkpoint = time.perf_counter()
         paused_time = 0.0
         last_refresh = None
         window_t, window_n = t0, 0
@@ -316,13 +353,17 @@ class Trainer:
             elapsed = now - t0 - paused_time
             due = (last_refresh is None and elapsed >= c.first_refresh_seconds) or (
                 last_refresh is not None and now - last_refresh >= c.refresh_seconds)
-            if due or self.iteration % c.report_every == 0:
+            checkpoint = None
+            if self.out_dir and now - last_checkpoint >= c.checkpoint_seconds:
+                checkpoint = str(self.save(self.out_dir))
+                last_checkpoint = time.perf_counter()
+            if due or checkpoint or self.iteration % c.report_every == 0:
                 pred = None
                 if due:
                     pred = self.predict()
                     last_refresh = time.perf_counter()
                 cmd = yield Report(self.iteration, losses, self._lr(progress), rate, elapsed,
-                                   self._progress(start_iter, elapsed), pred)
+                                   self._progress(start_iter, elapsed), pred, checkpoint=checkpoint)
                 self._handle(cmd)
         elapsed = time.perf_counter() - t0 - paused_time
         checkpoint = str(self.save(self.out_dir)) if self.out_dir else None
@@ -354,7 +395,7 @@ class Trainer:
     def metadata(self) -> dict:
         v0 = self.volumes[0]
         return {
-            "format": "napari-semiseg model",
+            "format": FORMAT,
             "version": __version__,
             "method": self.config.method,
             "method_settings": asdict(self.method.settings),
@@ -371,54 +412,32 @@ class Trainer:
         }
 
     def save(self, out_dir: str | os.PathLike) -> Path:
+        """Save the model (weights, config, optimiser state) into ``out_dir`` as one unit."""
+        if not weights_are_finite(self.method):
+            raise FloatingPointError(f"The network's weights became NaN or infinite at iteration {self.iteration}; "
+                                     "the last good checkpoint is kept.")
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().cpu().contiguous() for k, v in self.method.state_dict().items()}
-        _atomic(out / WEIGHTS_NAME, lambda p: save_file(state, str(p)))
-        _atomic(out / OPTIMISER_NAME, lambda p: torch.save(self.optimiser.state_dict(), p))
-        _atomic(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(self.metadata(), indent=2)))
+        lock = self._folder_lock if self.out_dir is not None and out == self.out_dir else None
+        save_model(out, self.method.state_dict(), self.metadata(), self.optimiser.state_dict(), lock=lock)
+        self.last_checkpoint = (out, self.iteration)
         return out
 
+    def close(self) -> None:
+        """Give the model folder back to other writers (the run ended, however it ended)."""
+        if self._folder_lock is not None:
+            self._folder_lock.release()
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+
+def _check_label_range(top: int) -> None:
+    if top > MAX_LABEL:
+        raise InputError(f"The labels hold the value {top}; napari-semiseg trains classes 1 to {MAX_LABEL}. Are these "
+                         "labels an image, or 0/65535 masks? Renumber the classes 1, 2, 3, ….")
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def model_dir(path: str | os.PathLike) -> Path:
-    """Accept the folder ``train --out`` wrote, or any file inside it."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"Model not found: {p}.")
-    d = p if p.is_dir() else p.parent
-    if not (d / CONFIG_NAME).exists() or not (d / WEIGHTS_NAME).exists():
-        raise InputError(f"{p} is not a napari-semiseg model: it needs {CONFIG_NAME} and {WEIGHTS_NAME}.")
-    return d
-
-
-def load_method(path: str | os.PathLike) -> tuple[Method, dict]:
-    """Rebuild a method from a saved model without unpickling anything (JSON + safetensors)."""
-    from safetensors.torch import load_file
-
-    d = model_dir(path)
-    try:
-        meta = json.loads((d / CONFIG_NAME).read_text())
-        method = build_method(meta["method"], int(meta["in_channels"]), int(meta["n_classes"]),
-                              meta.get("method_settings"))
-        state = load_file(str(d / WEIGHTS_NAME))
-        method.load_state_dict(state)
-    except (KeyError, ValueError, RuntimeError, OSError) as err:
-        raise InputError(f"Could not load the model in {d}: {type(err).__name__}: {err}".split("\n")[0]) from None
-    return method, meta
 
 
 class _ProgressBar:
@@ -467,26 +486,3 @@ def read_unlabeled_folder(folder: str | os.PathLike, like: Volume) -> list[Volum
                              f"{like.n_channels}.")
         out.append(v)
     return out
-
-
-def volume_for_model(image: np.ndarray, meta: dict, *, channels: bool, name: str = "image") -> Volume:
-    """A Volume configured as the saved model expects (axis, normalisation)."""
-    spatial = image.ndim - (1 if channels else 0)
-    if (image.shape[-1] if channels else 1) != int(meta.get("image_channels", 1)):
-        raise InputError(f"The model expects {meta.get('image_channels', 1)} image channel(s); "
-                         f"this image has {image.shape[-1] if channels else 1}.")
-    axis = int(meta.get("axis", 0)) if spatial == 3 else 0
-    return Volume(image, axis=axis, channels=channels, normalisation=Normalisation.from_dict(meta["normalisation"]),
-                  name=name)
-
-
-def predict_with_model(method: Method, meta: dict, volume: Volume, device: str = "auto") -> Prediction:
-    """Predict ``volume`` with a method loaded by :func:`load_method`."""
-    dev = choose_device(device)
-    method.to(dev)
-    precision = resolve_precision("auto", dev)
-    channels_last = channels_last_pays(dev, precision)
-    if channels_last:
-        method.to(memory_format=torch.channels_last)
-    return predict_volume(method.predictor(), volume, int(meta["canvas"]), int(meta["context"]), device=dev,
-                          precision=precision, channels_last=channels_last, uncertainty_fn=method.uncertainty)

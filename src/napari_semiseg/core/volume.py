@@ -36,6 +36,10 @@ class Normalisation:
                 lo, hi = self.low, self.high
             else:
                 sample = _subsample(ch, 2_000_000)
+                if np.issubdtype(sample.dtype, np.floating):
+                    sample = sample[np.isfinite(sample)]  # NaN/Inf voxels (outside a scanner's field) carry no scale
+                if sample.size == 0:
+                    raise InputError("The image holds no finite intensity (every voxel sampled is NaN or infinite).")
                 lo, hi = np.percentile(sample, (self.low, self.high))
             if hi <= lo:
                 hi = lo + 1.0
@@ -131,6 +135,9 @@ class Volume:
         if bad:
             raise InputError(f"Labeled slice {bad[0]} is outside the volume (0 to {self.n_slices - 1}).")
         self._bounds = self.normalisation.bounds(self.image, self.image.ndim - 1 if self.channels else None)
+        if not np.all(np.isfinite(self._bounds)):
+            raise InputError("The intensity window is not finite: give finite normalisation bounds.")
+        self.non_finite_voxels = count_non_finite(self.image)
         self._cache: dict = {}
 
     # ---- shape
@@ -189,7 +196,10 @@ class Volume:
         raw = raw[None] if not self.channels else np.moveaxis(raw, -1, 0)
         lo = self._bounds[:, 0, None, None]
         hi = self._bounds[:, 1, None, None]
-        return np.clip((raw - lo) / (hi - lo), 0.0, 1.0).astype(np.float32, copy=False)
+        out = np.clip((raw - lo) / (hi - lo), 0.0, 1.0).astype(np.float32, copy=False)
+        if self.non_finite_voxels:
+            np.nan_to_num(out, copy=False, nan=0.0)  # +-Inf were clipped to 1 and 0; NaN is the darkest value
+        return out
 
     def canvas_slice(self, i: int, geometry: WorkingGeometry) -> torch.Tensor:
         """(C, canvas, canvas) float32, cached: training revisits the same few slices often."""
@@ -226,6 +236,15 @@ class Volume:
 
     def geometry(self, canvas: int) -> WorkingGeometry:
         return geometry_for(self.slice_shape, canvas)
+
+
+def count_non_finite(image: np.ndarray) -> int:
+    """NaN and infinite voxels of a float image, counted a slab at a time (no full-size mask)."""
+    if not np.issubdtype(image.dtype, np.floating):
+        return 0
+    flat = image.reshape(image.shape[0], -1) if image.ndim > 1 else image[None]
+    return int(sum(flat[i:i + 16].size - np.count_nonzero(np.isfinite(flat[i:i + 16]))
+                   for i in range(0, flat.shape[0], 16)))
 
 
 def labeled_slices_from_labels(labels: np.ndarray, axis: int) -> set[int]:

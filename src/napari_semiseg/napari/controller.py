@@ -10,14 +10,17 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info
 
-from ..core.io import InputError
-from ..core.trainer import LabelUpdate, Report, TrainConfig, Trainer, load_method
+from ..core.autosave import Autosaver, Slot, default_root
+from ..core.checkpoint import is_model_folder, load_method, model_dir
+from ..core.errors import InputError, is_out_of_memory, out_of_memory_message
+from ..core.trainer import LabelUpdate, Report, TrainConfig, Trainer
 from ..core.volume import Volume, final_segmentation, labeled_slices_from_labels
 from .layers import SOURCE_KEY
 
@@ -49,6 +52,8 @@ class SessionState:
     loss_history: list[float] = field(default_factory=list)
     slice_scores: np.ndarray | None = None
     model_dir: Path | None = None
+    checkpoint_iteration: int | None = None
+    resume_next: bool = False  # the next Train continues model_dir (after Load, a restore or a crash)
 
 
 class SessionController:
@@ -67,7 +72,10 @@ class SessionController:
         self._done = threading.Event()
         self._stop_requested = False
         self._gc_thresholds = None
-        self.autosave_dir = Path.home() / ".napari-semiseg" / "autosave"
+        self.autosave_dir = default_root()
+        self.autosaver: Autosaver | None = None
+        self.slot: Slot | None = None
+        self.autosave_offer: str | None = None  # what "Restore autosaved labels" would bring back
 
     # ------------------------------------------------------------------ layers and slices
     def set_layers(self, image_layer, labels_layer=None, axis: int | None = None, create_labels: bool = False) -> None:
@@ -87,12 +95,85 @@ class SessionController:
         if tuple(labels_layer.data.shape) != spatial:
             raise InputError(f"The labels layer '{labels_layer.name}' has shape {labels_layer.data.shape}, "
                              f"not the image's {spatial}: pick or create a matching labels layer.")
+        changed = (image_layer, labels_layer) != (self.state.image_layer, self.state.labels_layer)
         self._disconnect_labels()
         self.state.image_layer, self.state.labels_layer = image_layer, labels_layer
         self.state.axis = self.default_axis() if axis is None else axis
         labels_layer.events.paint.connect(self._on_user_edit)
         labels_layer.events.data.connect(self._on_user_edit)
+        if changed or self.autosaver is None:
+            self._start_autosave()
         self.on_change()
+
+    # ------------------------------------------------------------------ autosave
+    def _start_autosave(self) -> None:
+        """Painted labels go to this image's slot a couple of seconds after each edit, off the GUI thread."""
+        self._stop_autosave()
+        img, lab = self.state.image_layer, self.state.labels_layer
+        self.slot = Slot.for_image(self.autosave_dir, img.name, img.data, _source_path(img))
+        self.autosaver = Autosaver(self.slot, lambda: (np.array(lab.data, copy=True), self._autosave_info(lab)),
+                                   on_error=self._autosave_failed)
+        found = self.autosaved()
+        self.autosave_offer = None if found is None else self._describe(found)
+        if self.autosave_offer:
+            show_info(f"Labels of this image autosaved {self.autosave_offer} were found: 'Restore autosaved "
+                      "labels' brings them back as a new layer.")
+
+    def _describe(self, found: dict) -> str:
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(found.get("saved", time.time())))
+        n = len(labeled_slices_from_labels(found["labels"], int(found.get("axis", 0)))) if found["labels"].ndim == 3 \
+            else 1
+        return f"on {stamp} ({n} labeled slice{'s' if n != 1 else ''}" + \
+            (", with the model" if found["model"] is not None else "") + ")"
+
+    def _autosave_info(self, lab) -> dict:
+        return {"image": self.state.image_layer.name if self.state.image_layer else "", "labels_layer": lab.name,
+                "axis": self.state.axis, "marked_empty": sorted(self.state.marked_empty)}
+
+    def _autosave_failed(self, err: Exception) -> None:
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"Autosave of your labels failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                     " Export them with File > Save Selected Layers.")
+
+    def _stop_autosave(self) -> None:
+        if self.autosaver is not None:
+            self.autosaver.close()  # saves what is unsaved first
+            self.autosaver = None
+
+    def autosaved(self) -> dict | None:
+        """What the slot of the chosen image holds from an earlier session, if it differs from the layer."""
+        if self.slot is None or self.state.labels_layer is None:
+            return None
+        found = self.slot.load_labels()
+        if found is None:
+            return None
+        labels, info = found
+        if labels.shape != tuple(self.state.labels_layer.data.shape) or not labels.any() or \
+                np.array_equal(labels, np.asarray(self.state.labels_layer.data)):
+            return None
+        model = self.slot.model_folder
+        return {**info, "labels": labels, "model": model if (model / "config.json").is_file() else None}
+
+    def restore_autosaved(self):
+        """The autosaved labels as a new labels layer (nothing on screen is overwritten), and the
+        autosaved model as where the next Train resumes."""
+        found = self.autosaved()
+        if found is None:
+            raise InputError("There are no autosaved labels for this image that differ from the current ones.")
+        img = self.state.image_layer
+        stamp = time.strftime("%H:%M", time.localtime(found.get("saved", time.time())))
+        layer = self.viewer.add_labels(found["labels"], name=f"{found.get('labels_layer', 'annotations')} "
+                                       f"(restored {stamp})", scale=img.scale, translate=img.translate,
+                                       metadata=_source_meta(img))
+        self.set_layers(img, layer, int(found.get("axis", self.state.axis)))
+        self.state.marked_empty = {int(i) for i in found.get("marked_empty", [])}
+        if found["model"] is not None:
+            meta = self.load_model(found["model"])
+            self.state.checkpoint_iteration = int(meta.get("iteration", 0))
+        self.autosave_offer = None
+        self.on_change()
+        return layer
 
     def _disconnect_labels(self) -> None:
         old = self.state.labels_layer
@@ -170,6 +251,8 @@ class SessionController:
         else:
             self.state.marked_empty.add(i)
             marked = True
+        if self.autosaver is not None:
+            self.autosaver.mark_dirty()
         self._send_labels()
         self.on_change()
         return marked
@@ -180,6 +263,9 @@ class SessionController:
         return self.worker is not None
 
     def start(self, config: TrainConfig, resume_from: str | os.PathLike | None = None) -> None:
+        """Train; without ``resume_from``, continue the loaded, restored or crashed model if there is one."""
+        if resume_from is None and self.state.resume_next:
+            resume_from = self.state.model_dir
         if self.running:
             raise InputError("Training is already running.")
         if self.state.image_layer is None:
@@ -211,8 +297,9 @@ class SessionController:
         self._progress_bar = progress(total=100 if (config.minutes or config.iterations) else 0,
                                       desc="semiseg: training")
         self._done = threading.Event()
-        out_dir = self.autosave_dir / _safe(self.state.image_layer.name)
+        out_dir = self.slot.model_folder
         # errors are ours to report (a notification), not to re-raise in the event loop
+        self.state.resume_next = False
         self.worker = create_worker(self._run_trainer, snapshot, config, resume_from, out_dir,
                                     _connect={"yielded": self._on_report, "errored": self._on_error,
                                               "finished": self._on_finished},
@@ -269,6 +356,8 @@ class SessionController:
             self.trainer.stop()
 
     def _on_user_edit(self, event=None) -> None:
+        if self.autosaver is not None:
+            self.autosaver.mark_dirty()
         if self.running:
             self._send_labels()
 
@@ -292,13 +381,19 @@ class SessionController:
             self._progress_bar.refresh()
         if report.checkpoint:
             self.state.model_dir = Path(report.checkpoint)
+            self.state.checkpoint_iteration = report.iteration
         self.on_change()
 
     def _on_error(self, err: Exception) -> None:
         msg = str(err).split("\n")[0] or type(err).__name__
-        if isinstance(err.__cause__ or err, MemoryError) or "out of memory" in msg.lower():
-            msg = "Out of memory: lower the maximum working size or the batch size in Advanced. " + msg
-        show_error(f"Training stopped: {msg}")
+        if is_out_of_memory(err.__cause__ or err):
+            msg = out_of_memory_message("training") + " (Advanced: Batch size, Max working side.)"
+        kept = ""
+        if self.state.model_dir is not None and self.state.checkpoint_iteration is not None:
+            kept = (f" The last checkpoint (iteration {self.state.checkpoint_iteration}) is kept in "
+                    f"{self.state.model_dir}: Train resumes from it.")
+            self.state.resume_next = True
+        show_error(f"Training stopped: {msg}{kept} Your labels are untouched.")
         self._cleanup_worker()
 
     def _on_finished(self) -> None:
@@ -425,6 +520,9 @@ class SessionController:
             raise InputError("There is no model yet: train first.")
         if self.running and not self.paused:
             raise InputError("Pause or stop training before saving (Stop also saves automatically).")
+        path = Path(path)
+        if path.is_dir() and any(path.iterdir()) and not is_model_folder(path):
+            path = path / "semiseg-model"  # a model folder is replaced whole: never the user's own folder
         out = self.trainer.save(path)
         self.state.model_dir = out
         return out
@@ -432,12 +530,14 @@ class SessionController:
     def load_model(self, path: str | os.PathLike) -> dict:
         """Check a saved model; the next Train resumes from it."""
         _, meta = load_method(path)
-        self.state.model_dir = Path(path)
+        self.state.model_dir = model_dir(path)
+        self.state.resume_next = True
         return meta
 
     def shutdown(self) -> None:
-        """Viewer closing: stop the worker, keep the model (the trainer saves on stop)."""
+        """Viewer closing: save the labels now, stop the worker, keep the model (the trainer saves on stop)."""
         self._disconnect_labels()
+        self._stop_autosave()
         if self.worker is not None:
             self.stop()  # the generator ends its loop, saves the model and returns
             self._done.wait(timeout=120)
@@ -458,6 +558,7 @@ def _source_meta(layer) -> dict:
     return {SOURCE_KEY: meta[SOURCE_KEY]} if SOURCE_KEY in meta else {}
 
 
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "image"
+def _source_path(layer) -> str | None:
+    meta = (getattr(layer, "metadata", {}) or {}).get(SOURCE_KEY) or {}
+    return meta.get("path") or getattr(getattr(layer, "source", None), "path", None)
 

@@ -88,6 +88,11 @@ class SemisegWidget(QWidget):
         self.mark_labeled_button = self._button("Mark slice as labeled (nothing here)", "mark_labeled_button",
                                                 self._mark)
         form.addRow(self.mark_labeled_button)
+        self.restore_button = self._button("Restore autosaved labels", "restore_button",
+                                           self.controller.restore_autosaved)
+        self.restore_button.setToolTip("Labels you painted on this image in an earlier session, autosaved a few "
+                                       "seconds after each edit; they come back as a new layer")
+        form.addRow(self.restore_button)
         root.addWidget(data)
 
         train = QGroupBox("Training")
@@ -219,11 +224,7 @@ class SemisegWidget(QWidget):
 
     def _train(self):
         self._layers_chosen()
-        resume = self.controller.state.model_dir if self._resume_next else None
-        self.controller.start(self.config(), resume_from=resume)
-        self._resume_next = False
-
-    _resume_next = False
+        self.controller.start(self.config())
 
     def _pause(self):
         if self.controller.paused:
@@ -250,7 +251,6 @@ class SemisegWidget(QWidget):
         if path:
             meta = self.controller.load_model(path)
             self.method_combo.setCurrentText(meta["method"])
-            self._resume_next = True
             from napari.utils.notifications import show_info
 
             show_info(f"Loaded a {meta['method']} model ({meta['iteration']} iterations): Train resumes from it.")
@@ -357,6 +357,9 @@ class SemisegWidget(QWidget):
                                              else f"Mark slice {here} as labeled (nothing here)")
         running = c.running
         self._shown_running = running
+        self.restore_button.setEnabled(c.autosave_offer is not None and not running)
+        self.restore_button.setText("Restore labels autosaved " + c.autosave_offer if c.autosave_offer
+                                    else "Restore autosaved labels (none)")
         for w in (self.image_combo, self.labels_combo, self.axis_spin, self.method_combo, self.device_combo,
                   self.advanced, self.load_model_button):
             w.setEnabled(not running)

@@ -43,14 +43,20 @@ class TrainState:
 class MethodSettings:
     """Base class of each method's named hyper-parameters."""
 
+    # Settings that reach outside the model (a path to load code or weights from, network access):
+    # only the user may set them, never a model file (checkpoint.load_method drops them).
+    LOCAL_ONLY: ClassVar[frozenset] = frozenset()
+
     @classmethod
     def from_dict(cls, d: dict | None):
+        from ..settings import check_types
+
         d = dict(d or {})
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown setting(s) {sorted(unknown)} for this method; known: {sorted(known)}")
-        return cls(**d)
+        return cls(**check_types(cls, d, "method"))
 
 
 class Method(nn.Module):

@@ -9,6 +9,7 @@ soft CE, and adds a similarity-alignment term computed with a frozen encoder.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -190,6 +191,8 @@ class SRASegSettings(BCPSettings):
     encoder_size: int = 128  # encoder input side (rounded to DINOv2's patch size)
     allow_download: bool = False
     projection_dim: int = 128
+
+    LOCAL_ONLY: ClassVar[frozenset] = frozenset({"encoder", "allow_download"})
 
 
 class SRASeg(BCP):
