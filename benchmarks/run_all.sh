@@ -51,3 +51,6 @@ $BIN benchmark $HIPPO $S --methods "sgrs-net[pseudo_weight=0.1]" --json $OUT/met
 # BARL without its instance term, the ablation's best row, on all 10 volumes
 $BIN benchmark $HIPPO $S --methods "barl[instance_weight=0]" --json $OUT/methods_session_e.json > $OUT/methods_session_e.log 2>&1 &
 wait
+# safety (issue 10): the readers' fuzz harness at length, and what checkpoints and autosaves cost
+.venv/bin/python benchmarks/fuzz_readers.py --seeds 100 --cases 1200 > $OUT/fuzz_readers.log 2>&1
+.venv/bin/python benchmarks/save_costs.py > $OUT/save_costs.log 2>&1

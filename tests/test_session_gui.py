@@ -253,3 +253,108 @@ def test_method_settings_typed_in_the_widget_are_checked_before_training(session
     widget.unlabeled_source_combo.setCurrentText("extra")
     cfg = widget.config()
     assert cfg.method_settings == {"blend": "box", "sa_mode": "off"} and cfg.unlabeled_source == "extra"
+
+
+def test_painted_labels_are_autosaved_off_the_gui_thread_a_moment_after_each_edit(session, qtbot):
+    import threading
+
+    viewer, widget = session
+    c = widget.controller
+    slot = c.slot
+    saved_on = []
+    real_save = slot.save_labels
+
+    def recording_save(labels, info):
+        saved_on.append(threading.current_thread().name)
+        real_save(labels, info)
+
+    slot.save_labels = recording_save
+    paint_reference(viewer.layers["annotations"])
+    qtbot.waitUntil(lambda: slot.labels_path.exists(), timeout=15000)
+    assert saved_on and all(name == "semiseg-autosave" for name in saved_on)
+    labels, info = slot.load_labels()
+    np.testing.assert_array_equal(labels, viewer.layers["annotations"].data)
+    assert info["axis"] == AXIS and info["image"] == "hippocampus MRI"
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("a native library failed"),
+                                     torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")])
+def test_a_training_failure_keeps_the_last_checkpoint_and_train_resumes_from_it(session, qtbot, monkeypatch,
+                                                                                  failure):
+    from napari_semiseg.core import trainer as trainer_mod
+    from napari_semiseg.core.trainer import TrainConfig
+
+    viewer, widget = session
+    c = widget.controller
+    labels = viewer.layers["annotations"]
+    paint_reference(labels)
+    before = np.array(labels.data, copy=True)
+    real_step = trainer_mod.Trainer.step
+    fail = {"now": False}
+
+    def step(self, progress):  # the failure itself is outside our control (a driver, the allocator)
+        if fail["now"]:
+            raise failure
+        return real_step(self, progress)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "step", step)
+    c.start(TrainConfig(batch_size=4, labeled_batch=2, checkpoint_seconds=0.3, refresh_seconds=1))
+    qtbot.waitUntil(lambda: c.state.checkpoint_iteration is not None, timeout=60000)
+    fail["now"] = True
+    qtbot.waitUntil(lambda: not c.running, timeout=60000)
+    error = _errors()[-1]
+    kept = c.state.checkpoint_iteration
+    assert f"The last checkpoint (iteration {kept}) is kept" in error and "labels are untouched" in error
+    assert ("Out of memory" in error) == isinstance(failure, torch.OutOfMemoryError)
+    np.testing.assert_array_equal(labels.data, before)
+    assert widget.findChild(QPushButton, "train_button").isEnabled()
+
+    fail["now"] = False
+    click(widget, "train_button")  # resumes from the checkpoint, not from scratch
+    qtbot.waitUntil(lambda: c.trainer is not None, timeout=30000)
+    assert c.trainer.iteration >= kept
+    click(widget, "stop_button")
+    qtbot.waitUntil(lambda: not c.running, timeout=60000)
+
+
+def test_closing_the_viewer_mid_training_then_reopening_brings_back_labels_and_model(make_napari_viewer, qtbot):
+    from napari_semiseg.core.trainer import TrainConfig
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-semiseg", "hippocampus")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-semiseg", WIDGET)
+    c = widget.controller
+    widget.axis_spin.setValue(AXIS)
+    painted = paint_reference(viewer.layers["annotations"])
+    c.start(TrainConfig(batch_size=4, labeled_batch=2, checkpoint_seconds=0.5))
+    qtbot.waitUntil(lambda: c.state.checkpoint_iteration is not None, timeout=60000)
+    c.go_to_slice(3)
+    c.toggle_mark_labeled()  # an all-background slice the user vouched for
+    viewer.close()  # before the autosave delay has passed, mid-training: nothing may be lost
+    assert not c.running
+
+    viewer2 = make_napari_viewer()
+    viewer2.open_sample("napari-semiseg", "hippocampus")
+    _, widget2 = viewer2.window.add_plugin_dock_widget("napari-semiseg", WIDGET)
+    c2 = widget2.controller
+    restore = widget2.findChild(QPushButton, "restore_button")
+    assert restore.isEnabled() and "4 labeled slices, with the model" in restore.text()
+    assert "annotations" in viewer2.layers and not viewer2.layers["annotations"].data.any()  # untouched
+    click(widget2, "restore_button")
+    restored = c2.state.labels_layer
+    assert restored is not viewer2.layers["annotations"] and "restored" in restored.name
+    expected = np.zeros_like(painted)
+    for i in PAINTED:
+        expected[:, :, i] = painted[:, :, i]
+    np.testing.assert_array_equal(restored.data, expected)
+    assert c2.state.axis == AXIS and c2.labeled_slices() == set(PAINTED) | {3}
+    assert c2.state.resume_next and c2.state.model_dir == c2.slot.model_folder
+    assert not restore.isEnabled()
+    iteration = c2.load_model(c2.state.model_dir)["iteration"]
+    assert iteration > 0
+    widget2.batch_spin.setValue(4)
+    widget2.labeled_batch_spin.setValue(2)
+    click(widget2, "train_button")
+    qtbot.waitUntil(lambda: c2.trainer is not None, timeout=30000)
+    assert c2.trainer.iteration >= iteration  # the autosaved model continues
+    c2.shutdown()

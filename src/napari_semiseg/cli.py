@@ -248,7 +248,14 @@ def _load_pair(image_path, labels_path):
     image = read_image(image_path, as_labels=False)
     labels = read_labels(labels_path)
     check_same_shape(image, labels)
+    _warn_about(image)
     return image, labels
+
+
+def _warn_about(image) -> None:
+    note = image.source.header.get("warning")
+    if note:
+        print(f"napari-semiseg: warning: {Path(image.source.path).name}: {note}.", file=sys.stderr)
 
 
 def cmd_train(args) -> int:
@@ -349,6 +356,7 @@ def cmd_predict(args) -> int:
             raise InputError("--out and --uncertainty name the same file: give each its own name.")
     method, meta = load_method(args.model)
     image = read_image(args.image, as_labels=False)
+    _warn_about(image)
     volume = volume_for_model(image.data, meta, channels=image.rgb, name=Path(args.image).name)
     pred = predict_with_model(method, meta, volume, device=args.device)
     written = write_labels(args.out, pred.labels, image.source)

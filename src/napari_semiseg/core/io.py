@@ -11,7 +11,10 @@ Every problem with the user's input is raised as :class:`InputError` with one se
 from __future__ import annotations
 
 import gzip
+import logging
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -261,7 +264,12 @@ def _gzip_size(path: Path) -> int:
 def _read_nifti(path: Path) -> LoadedImage:
     import nibabel as nib
 
-    img = nib.load(str(path))
+    with _quiet("nibabel"):  # it logs each header field it repairs; a damaged header is our one sentence
+        img = nib.load(str(path))
+        return _nifti_display(path, img)
+
+
+def _nifti_display(path: Path, img) -> LoadedImage:
     shape = tuple(int(s) for s in img.shape)
     while len(shape) > 3 and shape[-1] == 1:  # trailing singleton axes (x, y, z, 1)
         shape = shape[:-1]
@@ -342,7 +350,8 @@ def _undo_display(data: np.ndarray, to_display: list[tuple[int, bool]]) -> np.nd
 def _read_tiff(path: Path) -> LoadedImage:
     import tifffile
 
-    with tifffile.TiffFile(str(path)) as tif:
+    with _quiet("tifffile"), tifffile.TiffFile(str(path)) as tif:
+        _check_tiff_pages(path, tif)
         if not tif.series:
             raise InputError(f"{path.name} holds no image: the file is empty or corrupt.")
         series = tif.series[0]
@@ -357,6 +366,37 @@ def _read_tiff(path: Path) -> LoadedImage:
     ndim = data.ndim - (1 if rgb else 0)
     spacing = spacing[-ndim:] if len(spacing) >= ndim else (1.0,) * ndim
     return LoadedImage(data, SourceInfo(str(path), "tiff", tuple(spacing)), rgb=rgb)
+
+
+def _check_tiff_pages(path: Path, tif) -> None:
+    """Refuse damage the TIFF reader would turn into a hang or a huge image of garbage."""
+    size = path.stat().st_size
+    most = size // 16 + 1  # a damaged page chain can loop forever; a file holds no more pages than its bytes allow
+    for n, page in enumerate(tif.pages, 1):
+        if n > most:
+            raise InputError(f"Could not read {path.name}: the file is corrupt (its list of pages loops).")
+        offsets, counts = getattr(page, "dataoffsets", None), getattr(page, "databytecounts", None)
+        chunked = getattr(page, "chunked", None)
+        if offsets is None or chunked is None:
+            continue
+        # every strip or tile the page's size calls for must be listed, and lie inside the file
+        if len(offsets) != int(np.prod(chunked)) or any(o + c > size for o, c in zip(offsets, counts) if c):
+            raise InputError(f"Could not read {path.name}: the file is corrupt or truncated (page {n}'s image data "
+                             "does not match its declared size).")
+
+
+@contextmanager
+def _quiet(logger: str):
+    """A damaged file is reported once, in our sentence, not also as the reader's log lines and warnings."""
+    log = logging.getLogger(logger)
+    old = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(old)
 
 
 def _tiff_spacing(tif) -> tuple[float, ...]:

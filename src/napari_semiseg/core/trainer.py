@@ -384,11 +384,13 @@ class Trainer:
         """Run to the end without a GUI; return the final report."""
         bar = _ProgressBar(self.config) if progress_bar else None
         last = None
-        for last in self.run():
+        try:
+            for last in self.run():
+                if bar is not None:
+                    bar.update(last)
+        finally:  # an error message must start on its own line, not after the bar
             if bar is not None:
-                bar.update(last)
-        if bar is not None:
-            bar.close()
+                bar.close()
         return last
 
     # ---- persistence

@@ -116,14 +116,15 @@ class SessionController:
         found = self.autosaved()
         self.autosave_offer = None if found is None else self._describe(found)
         if self.autosave_offer:
-            show_info(f"Labels of this image autosaved {self.autosave_offer} were found: 'Restore autosaved "
-                      "labels' brings them back as a new layer.")
+            show_info(f"Labels of this image autosaved {self.autosave_offer} were found: 'Restore labels' "
+                      "brings them back as a new layer.")
 
     def _describe(self, found: dict) -> str:
-        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(found.get("saved", time.time())))
-        n = len(labeled_slices_from_labels(found["labels"], int(found.get("axis", 0)))) if found["labels"].ndim == 3 \
-            else 1
-        return f"on {stamp} ({n} labeled slice{'s' if n != 1 else ''}" + \
+        stamp = time.strftime("%d %b %H:%M", time.localtime(found.get("saved", time.time())))
+        labels = found["labels"]
+        n = len(labeled_slices_from_labels(labels, int(found.get("axis", 0))) | set(found.get("marked_empty", []))) \
+            if labels.ndim == 3 else 1
+        return f"from {stamp} ({n} labeled slice{'s' if n != 1 else ''}" + \
             (", with the model" if found["model"] is not None else "") + ")"
 
     def _autosave_info(self, lab) -> dict:

@@ -23,7 +23,12 @@ def read_layers(path) -> list[tuple]:
         if suffix_of(p) in HDF5_SUFFIXES:
             layers.extend(_read_h5_layers(Path(p)))
         else:
-            layers.append(layer_data(read_image(p)))
+            loaded = read_image(p)
+            if loaded.source.header.get("warning"):
+                from napari.utils.notifications import show_warning
+
+                show_warning(f"{Path(p).name}: {loaded.source.header['warning']}.")
+            layers.append(layer_data(loaded))
     return layers
 
 

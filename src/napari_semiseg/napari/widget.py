@@ -358,7 +358,7 @@ class SemisegWidget(QWidget):
         running = c.running
         self._shown_running = running
         self.restore_button.setEnabled(c.autosave_offer is not None and not running)
-        self.restore_button.setText("Restore labels autosaved " + c.autosave_offer if c.autosave_offer
+        self.restore_button.setText("Restore labels " + c.autosave_offer if c.autosave_offer
                                     else "Restore autosaved labels (none)")
         for w in (self.image_combo, self.labels_combo, self.axis_spin, self.method_combo, self.device_combo,
                   self.advanced, self.load_model_button):
