@@ -523,3 +523,28 @@ def test_a_scan_with_a_degenerate_orientation_opens_on_a_unit_grid_and_says_so(s
     assert main(["train", str(tmp_path / "flat.nii.gz"), "--labels", str(lab), *FAST, "--iterations", "1",
                  "--out", str(tmp_path / "o")]) == 0
     assert "warning: flat.nii.gz: invalid orientation in the file" in capsys.readouterr().err
+
+
+def test_autosave_slots_are_per_image_not_per_name_and_keep_the_previous_session(tmp_path):
+    from napari_semiseg.core.autosave import Slot
+
+    a = np.zeros((4, 8, 8), np.float32)
+    b = a.copy()
+    b[2, 3, 3] = 1.0
+    slots = {Slot.for_image(tmp_path, "scan", a, "/data/p1/scan.nii.gz").folder,
+             Slot.for_image(tmp_path, "scan", a, "/data/p2/scan.nii.gz").folder,
+             Slot.for_image(tmp_path, "scan", b, "/data/p1/scan.nii.gz").folder,
+             Slot.for_image(tmp_path, "scan", b).folder}
+    assert len(slots) == 4  # same name, other file or other voxels: never the same slot
+    assert Slot.for_image(tmp_path, "scan", a.copy(), "/data/p1/scan.nii.gz").folder in slots  # stable
+
+    slot = Slot.for_image(tmp_path, "scan", a)
+    first = np.ones((4, 8, 8), np.uint8)
+    slot.save_labels(first, {"axis": 0})
+    slot.keep_previous()  # what a new session does before its first save
+    slot.save_labels(first * 2, {"axis": 0})
+    assert slot.load_labels()[0].max() == 2
+    with np.load(slot.previous_labels_path) as z:
+        np.testing.assert_array_equal(z["labels"], first)
+    slot.labels_path.write_bytes(b"damaged")
+    assert slot.load_labels() is None  # a damaged autosave is no autosave, never a crash

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from .core.benchmark import evenly_spaced_slices, unlabeled_dice
+from .core.files import check_output_folder
 from .core.interpolation import interpolate_labels
 from .core.io import read_image, read_labels, write_float_map
 from .core.trainer import TrainConfig, Trainer
@@ -23,6 +23,7 @@ DEMO_SECONDS = 45.0
 
 
 def run_headless(out: Path, seconds: float = DEMO_SECONDS) -> list[Path]:
+    check_output_folder(out, [sample_image(), sample_labels()])  # before the training time is spent
     out.mkdir(parents=True, exist_ok=True)
     image = read_image(sample_image(), as_labels=False)
     reference = read_labels(sample_labels())

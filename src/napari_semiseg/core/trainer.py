@@ -68,9 +68,8 @@ class TrainConfig:
         for name, value in check_types(TrainConfig, {f.name: getattr(self, f.name) for f in fields(self)},
                                        "engine").items():
             setattr(self, name, value)
-        positive = ("lr", "checkpoint_seconds")
         require(self.method in METHODS, f"Unknown method '{self.method}': choose one of {', '.join(METHODS)}.")
-        for name in positive:
+        for name in ("lr", "checkpoint_seconds"):
             require(getattr(self, name) > 0, f"The setting '{name}' must be above 0, not {getattr(self, name)}.")
         require(self.iterations is None or self.iterations >= 1,
                 f"The step budget must be at least 1 iteration, not {self.iterations}.")
@@ -176,8 +175,6 @@ class Trainer:
         if c.threads:
             torch.set_num_threads(max(1, int(c.threads)))
         _seed_everything(c.seed)
-        # the model folder is this run's alone until it ends: a second training into it is refused now
-        self._folder_lock = FolderLock(self.out_dir).acquire() if self.out_dir else None
         self.last_checkpoint: tuple[Path, int] | None = None
 
         self.iteration = 0
@@ -218,6 +215,9 @@ class Trainer:
                                         seed=c.seed, augment=c.augment, extra_unlabeled=extra,
                                         unlabeled_source=c.unlabeled_source)
         self.method.bind_labeled_bank(self.sampler)
+        # the model folder is this run's alone until it ends: a second training into it is refused now
+        # (taken last, so that a failure above leaves no lock behind)
+        self._folder_lock = FolderLock(self.out_dir).acquire() if self.out_dir else None
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._pending: list[LabelUpdate] = []

@@ -269,6 +269,7 @@ class SessionController:
             resume_from = self.state.model_dir
         if self.running:
             raise InputError("Training is already running.")
+        config.check()  # a wrong setting is one sentence now, not a failure in the training thread
         if self.state.image_layer is None:
             raise InputError("Choose an image layer first.")
         if self.state.labels_layer is None:
