@@ -217,6 +217,6 @@ def test_chase_layout_reads_both_observers_and_scores_the_human_ceiling(tmp_path
     assert [c.name for c in cases] == ["Image_01L", "Image_01R", "Image_02L"]
     assert cases[0].channels and cases[0].second_observer.shape == cases[0].labels.shape
     out = run_dataset(cases, ["supervised"], labeled_fraction=0.5, test_count=1, iterations=1,
-                      base_config=TrainConfig(max_side=64, batch_size=2, labeled_batch=1, threads=1))
+                      base_config=TrainConfig(patch_size=64, batch_size=2, labeled_batch=1, threads=1))
     assert out["test"] == ["Image_02L"] and out["n_labeled_volumes"] == 1
     assert 0.6 < out["second_observer"]["mean"]["dice"] < 1.0  # two experts agree, not perfectly

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_semiseg.core.inference import predict_volume
+from napari_semiseg.core.inference import InputSpec, predict_volume
 from napari_semiseg.core.interpolation import interpolate_labels
 from napari_semiseg.core.io import InputError
 from napari_semiseg.core.losses import (masked_cross_entropy, normalised_entropy, one_hot, sigmoid_rampup,
@@ -36,7 +36,7 @@ def tiny_volume(n=6, size=20, labeled=(1, 4), seed=0) -> Volume:
 
 
 def fast_config(**kw) -> TrainConfig:
-    base = dict(iterations=4, batch_size=4, labeled_batch=2, max_side=32, refresh_seconds=1e9,
+    base = dict(iterations=4, batch_size=4, labeled_batch=2, patch_size=32, refresh_seconds=1e9,
                 first_refresh_seconds=1e9, precision="fp32", report_every=1)
     base.update(kw)
     return TrainConfig(**base)
@@ -108,13 +108,13 @@ def test_ramp_position_follows_budget_or_iterations():
 def test_sampling_never_reads_an_unlabeled_slice_label():
     vol = tiny_volume(labeled=(2,))
     vol.labels[[0, 1, 3, 4, 5]] = 7  # a class that must never appear in a labeled batch
-    sampler = TwoStreamSampler([vol], canvas=32, context=1, labeled_batch=3, unlabeled_batch=3, seed=1)
+    sampler = TwoStreamSampler([vol], patch=32, context=1, labeled_batch=3, unlabeled_batch=3, seed=1)
     for _ in range(20):
         b = sampler.next()
         assert b.y_l.max().item() <= 2
         assert b.x_l.shape == (3, 3, 32, 32) and b.x_u.shape == (3, 3, 32, 32)
     with pytest.raises(KeyError):
-        vol.canvas_label(0, vol.geometry(32))
+        vol.working_label(0, vol.geometry())
 
 
 def test_augmentation_moves_image_and_label_together():
@@ -129,10 +129,11 @@ def test_augmentation_moves_image_and_label_together():
 
 def test_geometry_round_trip_and_labeled_slices():
     vol = Volume(np.zeros((3, 300, 200), np.float32), np.zeros((3, 300, 200), np.uint8), {0})
-    geom = vol.geometry(256)
-    assert geom.scale == pytest.approx(256 / 300)
+    assert vol.geometry().working == (300, 200)  # the image's own resolution unless asked otherwise
+    geom = vol.geometry(0.5)
+    assert geom.working == (150, 100)
     x = torch.rand(1, 2, 300, 200)
-    back = geom.from_canvas(geom.to_canvas(x, "bilinear"))
+    back = geom.to_native(geom.to_working(x, "bilinear"))
     assert back.shape == x.shape
     lab = np.zeros((4, 5, 5), np.uint8)
     lab[2, 1, 1] = 1
@@ -149,7 +150,7 @@ def test_rgb_and_multichannel_volumes():
     mc = np.random.default_rng(0).random((5, 12, 14, 2)).astype(np.float32)
     v3 = Volume(mc, None, set(), axis=2, channels=True)
     assert v3.n_slices == 14 and v3.slice_shape == (5, 12)
-    assert v3.context_stack(0, v3.geometry(16), 1).shape == (6, 16, 16)
+    assert v3.context_stack(0, v3.geometry(), 1).shape == (6, 5, 12)
     with pytest.raises(InputError):
         Volume(np.zeros((4, 5, 6)), np.zeros((4, 5, 7), np.uint8), set())
 
@@ -177,7 +178,12 @@ def test_training_learns_and_predicts(method):
 def test_refresh_carries_prediction_and_reports_are_small():
     trainer = Trainer([tiny_volume()], fast_config(iterations=6, first_refresh_seconds=0.0, refresh_seconds=0.0))
     reports = list(trainer.run())
-    assert any(r.prediction is not None for r in reports[:-1])
+    live = [r.slices for r in reports[:-1] if r.slices is not None]
+    assert live and all(r.prediction is None for r in reports[:-1])  # live refreshes carry slices, not volumes
+    vol = trainer.volumes[0]
+    assert live[0].slices[0] == vol.n_slices // 2  # the focused slice first
+    assert live[0].labels.shape == (len(live[0].slices), *vol.slice_shape)
+    assert reports[-1].prediction is not None  # the last report carries the whole volume
     assert all(set(r.losses) >= {"loss", "supervised"} for r in reports)
 
 
@@ -227,7 +233,7 @@ def test_save_load_round_trip_and_resume(tmp_path):
     final = trainer.train()
     method, meta = load_method(tmp_path / "m")
     assert meta["iteration"] == 5 and meta["method"] == "mean-teacher"
-    again = predict_volume(method.predictor(), vol, meta["canvas"], meta["context"])
+    again = predict_volume(method.predictor(), vol, InputSpec(meta["patch"], meta["context"], meta["scale"]))
     np.testing.assert_array_equal(again.labels, final.prediction[0].labels)
     resumed = Trainer([vol], fast_config(method="mean-teacher", iterations=3), resume_from=tmp_path / "m")
     for k, v in resumed.method.state_dict().items():
@@ -303,6 +309,6 @@ def test_recalibrated_prediction_does_not_modify_the_network():
     trainer.train()
     net = trainer.method.predictor()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    predict_volume(net, vol, trainer.canvas, trainer.context)
+    predict_volume(net, vol, trainer.spec)
     for k, v in net.state_dict().items():
         torch.testing.assert_close(v, before[k])

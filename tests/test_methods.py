@@ -346,8 +346,8 @@ def test_unlabeled_stream_from_a_folder_of_synthetic_images(tmp_path):
     both = Trainer([vol], fast_config(unlabeled_dir=str(folder), unlabeled_source="both")).sampler
     assert both.n_unlabeled == 5 + len(vol.unlabeled)
     # the 3D model takes neighbouring slices as channels: a 2D synthetic image is its own neighbours
-    x = sampler._stack([(1, 0)])
-    assert x.shape[1] == trainer.method.in_channels == 3 and torch.equal(x[0, 0], x[0, 1])
+    x = sampler._unlabeled_patch(1, 0)
+    assert x.shape[0] == trainer.method.in_channels == 3 and torch.equal(x[0], x[1])
 
 
 def test_synthetic_folder_errors_are_clear(tmp_path):

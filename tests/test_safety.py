@@ -301,10 +301,11 @@ def test_label_values_beyond_255_are_refused_and_0_255_masks_are_one_class(scan,
 
 @pytest.mark.parametrize("args, said", [
     (["--set", "batch_size=abc"], "must be a whole number, not 'abc'"),
-    (["--set", "max_side=-5"], "max_side must be from 32"),
+    (["--set", "patch_size=-5"], "patch_size must be from 16"),
+    (["--set", "scale=2"], "scale must be above 0 and at most 1"),
     (["--set", "lr=1e400"], "must be a finite number"),
     (["--set", "method.consistency=abc"], "'consistency' must be a number"),
-    (["--set", "labeled_batch=0"], "at least one labeled slice"),
+    (["--set", "labeled_batch=0"], "at least one labeled patch"),
     (["--set", "device=gpu"], "'device' must be one of"),
 ])
 def test_bad_settings_are_one_sentence_before_any_work(scan, tmp_path, capsys, args, said):
@@ -479,7 +480,7 @@ def test_the_optimiser_state_round_trips_exactly(tmp_path):
 
     vol = Volume(np.random.default_rng(0).random((6, 24, 24)).astype(np.float32),
                  (np.random.default_rng(1).random((6, 24, 24)) > 0.5).astype(np.uint8), {1, 3}, axis=0)
-    cfg = TrainConfig(method="supervised", iterations=3, batch_size=2, labeled_batch=2, max_side=32, device="cpu")
+    cfg = TrainConfig(method="supervised", iterations=3, batch_size=2, labeled_batch=2, patch_size=32, device="cpu")
     t = Trainer([vol], cfg, out_dir=tmp_path / "m")
     t.train()
     saved = t.optimiser.state_dict()

@@ -151,9 +151,7 @@ def run_session(case: Case, methods: list[str], *, k: int = 3, axis: int = 0, se
                 added = True
         labeled = sorted(vol.labeled)
         teacher = report.prediction[0].labels
-        student = predict_volume(trainer.method.student, vol, trainer.canvas, trainer.context,
-                                 device=trainer.device, precision=trainer.precision,
-                                 channels_last=trainer.channels_last).labels
+        student = predict_volume(trainer.method.student, vol, trainer.spec, trainer.runtime).labels
         result.methods[name] = {
             "dice": unlabeled_dice(teacher, case.labels, labeled, axis, classes),
             "student_dice": unlabeled_dice(student, case.labels, labeled, axis, classes),
@@ -233,8 +231,7 @@ def run_dataset_volumes(train: list[Volume], test: list[Case], methods: list[str
             for c in test:
                 v = Volume(c.image, None, set(), axis=axis if c.image.ndim - c.channels == 3 else 0,
                            channels=c.channels, name=c.name)
-                pred = predict_volume(net, v, trainer.canvas, trainer.context, device=trainer.device,
-                                      precision=trainer.precision, channels_last=trainer.channels_last).labels
+                pred = predict_volume(net, v, trainer.spec, trainer.runtime).labels
                 per_volume[c.name] = per_class_metrics(pred, c.labels, classes=classes)
             per_net[which] = summarise(per_volume)
         out["methods"][name] = {"iterations": last.iteration, "seconds": round(time.perf_counter() - t0, 1),

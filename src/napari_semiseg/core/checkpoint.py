@@ -243,6 +243,13 @@ def check_metadata(meta, d: Path) -> dict:
     whole("image_channels", 1, 16, 1)
     whole("context", 0, 8)
     whole("canvas", 16, 16384)
+    whole("patch", 16, 16384, meta.get("canvas"))
+    scale = meta.get("scale", 1.0)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale <= 1:
+        raise InputError(f"{where} is damaged: 'scale' must be a number above 0 and at most 1, not {scale!r}.")
+    overlap = meta.get("window_overlap", 0.25)
+    if not isinstance(overlap, (int, float)) or isinstance(overlap, bool) or not 0 <= overlap < 1:
+        raise InputError(f"{where} is damaged: 'window_overlap' must be a number in [0, 1), not {overlap!r}.")
     whole("axis", 0, 2, 0)
     whole("iteration", 0, 10**12, 0)
     if whole("in_channels", 1, 1024) != meta.get("image_channels", 1) * (2 * meta["context"] + 1):
@@ -346,9 +353,9 @@ def volume_for_model(image, meta: dict, *, channels: bool, name: str = "image"):
 
 
 def predict_with_model(method, meta: dict, volume, device: str = "auto"):
-    """Predict ``volume`` with a method loaded by :func:`load_method`."""
-    from .inference import predict_volume
-    from .trainer import channels_last_pays, choose_device, resolve_precision
+    """Predict ``volume`` with a method loaded by :func:`load_method`, at the model's working scale."""
+    from .inference import InputSpec, Runtime, predict_volume
+    from .trainer import channels_last_pays, choose_device, resolve_precision, spec_of
 
     dev = choose_device(device)
     method.to(dev)
@@ -356,5 +363,7 @@ def predict_with_model(method, meta: dict, volume, device: str = "auto"):
     channels_last = channels_last_pays(dev, precision)
     if channels_last:
         method.to(memory_format=torch.channels_last)
-    return predict_volume(method.predictor(), volume, int(meta["canvas"]), int(meta["context"]), device=dev,
-                          precision=precision, channels_last=channels_last, uncertainty_fn=method.uncertainty)
+    patch, scale = spec_of(meta, [volume])
+    spec = InputSpec(patch, int(meta["context"]), scale, float(meta.get("window_overlap", 0.25)))
+    return predict_volume(method.predictor(), volume, spec, Runtime(dev, precision, channels_last),
+                          uncertainty_fn=method.uncertainty)

@@ -20,5 +20,5 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 def out_of_memory_message(doing: str, device: str = "") -> str:
     where = f" on {device}" if device else ""
-    return (f"Out of memory while {doing}{where}: lower the batch size or the maximum working size "
-            "(batch_size, max_side), or close other programs.")
+    return (f"Out of memory while {doing}{where}: lower the batch size, the patch size or the working scale "
+            "(batch_size, patch_size, scale), or close other programs.")

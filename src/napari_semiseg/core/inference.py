@@ -1,4 +1,11 @@
-"""Whole-volume prediction: labels, a per-voxel uncertainty in [0, 1], and a per-slice score."""
+"""Prediction at the working resolution of any image: labels, a per-voxel uncertainty in [0, 1] and a
+per-slice score, computed one slice (or a batch of small slices) at a time.
+
+A slice larger than the network's patch is covered by MONAI's ``sliding_window_inference``:
+overlapping windows, each weighted by a Gaussian so that no seam shows, stitched over every
+border pixel; a smaller one is padded, never resized. Memory follows the window, not the image:
+the only full-size outputs are the labels, the uncertainty and the slice scores.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +21,46 @@ from .losses import pixel_uncertainty
 from .volume import Volume
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a network runs: every prediction takes this one value."""
+
+    device: torch.device
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16"
+    channels_last: bool = False
+
+    @classmethod
+    def of(cls, net: nn.Module) -> Runtime:
+        return cls(next(net.parameters()).device)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How the network sees an image: patch side, neighbouring slices, working scale, window overlap."""
+
+    patch: int
+    context: int = 0
+    scale: float = 1.0
+    overlap: float = 0.25
+    window_batch: int = 8
+
+
 @dataclass
 class Prediction:
     labels: np.ndarray  # spatial shape, uint8
     uncertainty: np.ndarray  # spatial shape, float32 in [0, 1]
     slice_scores: np.ndarray  # (n_slices,) mean uncertainty of each slice along the volume's axis
-    probabilities: np.ndarray | None = None  # (C, *spatial) float32, only when asked for
+
+
+@dataclass
+class SlicePrediction:
+    """A few slices of one volume: what a live refresh sends to the viewer."""
+
+    volume_index: int
+    slices: list[int]
+    labels: np.ndarray  # (k, H, W) uint8
+    uncertainty: np.ndarray  # (k, H, W) float32
+    scores: np.ndarray  # (k,)
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -29,13 +70,13 @@ def autocast_for(device: torch.device, precision: str):
     return nullcontext()
 
 
-MIN_SLICES_TO_RECALIBRATE = 8
+RECALIBRATION_PIXELS = 1 << 20  # batch-norm statistics from about a million working pixels
 
 
 @torch.no_grad()
-def recalibrated(net: nn.Module, slices: list[torch.Tensor], batch_size: int = 64,
+def recalibrated(net: nn.Module, patches: list[torch.Tensor], batch_size: int = 16,
                  channels_last: bool = False) -> nn.Module:
-    """A copy of ``net`` whose batch-norm statistics are re-estimated on the volume it will predict.
+    """A copy of ``net`` whose batch-norm statistics are re-estimated on patches of the image it will predict.
 
     An EMA teacher averages weights; the statistics its averaged weights would produce differ from
     the averaged statistics (the same reason SWA re-estimates them). Measured on hippocampus with 3
@@ -53,60 +94,131 @@ def recalibrated(net: nn.Module, slices: list[torch.Tensor], batch_size: int = 6
     for m in copy_.modules():
         if isinstance(m, nn.Dropout):
             m.eval()
-    for start in range(0, len(slices), batch_size):
-        x = torch.stack(slices[start:start + batch_size])
+    for start in range(0, len(patches), batch_size):
+        x = torch.stack(patches[start:start + batch_size])
         copy_(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
     return copy_.eval()
 
 
-@torch.no_grad()
-def predict_volume(net: nn.Module, volume: Volume, canvas: int, context: int, *, device=None,
-                   precision: str = "fp32", channels_last: bool = False, batch_size: int = 16,
-                   uncertainty_fn=pixel_uncertainty, keep_probabilities: bool = False,
-                   recalibrate: bool = True) -> Prediction:
-    """Run ``net`` (in eval mode) over every slice of ``volume`` and map back to native size.
+def recalibration_patches(volume: Volume, spec: InputSpec, device, seed: int = 0) -> list[torch.Tensor]:
+    """Patches for batch-norm re-estimation: every slice of a small volume, else a seeded sample of
+    windows spread over the volume (about a million pixels), never every slice of a large one."""
+    from .sampling import _crop, _window
 
-    With ``recalibrate`` and enough slices, batch-norm statistics are first re-estimated on this
-    volume (see :func:`recalibrated`); the network passed in is not modified.
-    """
-    device = torch.device(device) if device is not None else next(net.parameters()).device
-    geom = volume.geometry(canvas)
+    geom = volume.geometry(spec.scale)
+    n_patches = int(np.clip(RECALIBRATION_PIXELS // (spec.patch * spec.patch), 8, 64))
     n = volume.n_slices
-    if recalibrate and n >= MIN_SLICES_TO_RECALIBRATE:
-        stacks = [volume.context_stack(i, geom, context).to(device) for i in range(n)]
-        net = recalibrated(net, stacks, channels_last=channels_last)
+    rng = np.random.default_rng(seed)
+    slices = range(n) if n <= n_patches else sorted(rng.choice(n, n_patches, replace=False).tolist())
+    out = []
+    for i in slices:
+        x = volume.context_stack(int(i), geom, spec.context)
+        middle = n <= n_patches  # one patch per slice: the middle window (the whole slice when it fits)
+        out.append(_crop(x, None, *_window(x.shape[-2:], spec.patch, None, rng, middle=middle), spec.patch)[0]
+                   .to(device))
+    return out
+
+
+MIN_SLICES_TO_RECALIBRATE = 8
+
+
+def prepare(net: nn.Module, volume: Volume, spec: InputSpec, runtime: Runtime, recalibrate: bool = True) -> nn.Module:
+    """The network to predict ``volume`` with: batch-norm statistics re-estimated on it where that
+    pays (enough slices), in eval mode. The network passed in is not modified."""
+    if recalibrate and volume.n_slices >= MIN_SLICES_TO_RECALIBRATE:
+        return recalibrated(net, recalibration_patches(volume, spec, runtime.device),
+                            channels_last=runtime.channels_last)
+    return net
+
+
+def _probabilities(net: nn.Module, runtime: Runtime):
+    """The window function: softmax probabilities (and the predictor's extra uncertainty map, if any)."""
+    def run(x: torch.Tensor):
+        if runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_for(runtime.device, runtime.precision):
+            out = net(x)
+        # a predictor may return (logits, extra uncertainty map) - see Method.uncertainty
+        logits, extra = out if isinstance(out, tuple) else (out, None)
+        probs = torch.softmax(logits.float(), 1)
+        return probs if extra is None else (probs, extra.float()[:, None])
+    return run
+
+
+@torch.no_grad()
+def predict_slices(net: nn.Module, volume: Volume, indices, spec: InputSpec, runtime: Runtime,
+                   uncertainty_fn=pixel_uncertainty):
+    """Yield (slice index, labels (H, W) uint8, uncertainty (H, W) float32) at native size.
+
+    ``net`` is used as given (see :func:`prepare`). Slices that fit in one window go through the
+    network in batches; larger ones through a Gaussian-weighted sliding window.
+    """
+    geom = volume.geometry(spec.scale)
+    h, w = geom.working
+    window = _probabilities(net, runtime)
     was_training = net.training
     net.eval()
-    labels, unc, probs_out = [], [], []
     try:
-        for start in range(0, n, batch_size):
-            idx = range(start, min(n, start + batch_size))
-            x = torch.stack([volume.context_stack(i, geom, context) for i in idx]).to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_for(device, precision):
-                out = net(x)
-            # a predictor may return (logits, extra uncertainty map) - see Method.uncertainty
-            logits, extra = out if isinstance(out, tuple) else (out, None)
-            probs = geom.from_canvas(torch.softmax(logits.float(), 1))
-            if extra is not None:
-                extra = geom.from_canvas(extra.float()[:, None])[:, 0]
-            labels.append(probs.argmax(1).to(torch.uint8).cpu())
-            unc.append(uncertainty_fn(probs, extra).float().cpu())
-            if keep_probabilities:
-                probs_out.append(probs.cpu())
+        indices = [int(i) for i in indices]
+        step = spec.window_batch if h <= spec.patch and w <= spec.patch else 1
+        for start in range(0, len(indices), step):
+            idx = indices[start:start + step]
+            x = torch.stack([volume.context_stack(i, geom, spec.context) for i in idx]).to(runtime.device)
+            out = stitched(x, spec, window)
+            probs, extra = out if isinstance(out, tuple) else (out, None)
+            probs = geom.to_native(probs)
+            extra = None if extra is None else geom.to_native(extra)[:, 0]
+            labels = probs.argmax(1).to(torch.uint8).cpu().numpy()
+            unc = uncertainty_fn(probs, extra).float().cpu().numpy()
+            for k, i in enumerate(idx):
+                yield i, labels[k], unc[k]
     finally:
         net.train(was_training)
-    lab = torch.cat(labels).numpy()
-    u = torch.cat(unc).numpy()
-    scores = u.reshape(n, -1).mean(1)
-    probs_arr = torch.cat(probs_out).numpy() if keep_probabilities else None
+
+
+def stitched(x: torch.Tensor, spec: InputSpec, window):
+    """``window`` applied over (N, C, h, w) slices of any size: directly on slices that fit in one
+    patch (padded at the bottom and right, as in training), else through MONAI's Gaussian-weighted
+    sliding window. Returns what ``window`` returns (a tensor or a tuple), cut to (h, w)."""
+    from monai.inferers import sliding_window_inference
+
+    h, w = x.shape[-2:]
+    if h <= spec.patch and w <= spec.patch:
+        out = window(torch.nn.functional.pad(x, (0, spec.patch - w, 0, spec.patch - h)))
+        return tuple(o[..., :h, :w] for o in out) if isinstance(out, tuple) else out[..., :h, :w]
+    return sliding_window_inference(x, (spec.patch, spec.patch), spec.window_batch, window,
+                                    overlap=spec.overlap, mode="gaussian", padding_mode="constant")
+
+
+def _put(volume: Volume, full: np.ndarray, i: int, plane: np.ndarray) -> None:
     if volume.is_3d:
-        lab = np.moveaxis(lab, 0, volume.axis)
-        u = np.moveaxis(u, 0, volume.axis)
-        if probs_arr is not None:  # (n, C, H, W) -> (C, *spatial)
-            probs_arr = np.moveaxis(np.moveaxis(probs_arr, 1, 0), 1, volume.axis + 1)
+        idx = [slice(None)] * 3
+        idx[volume.axis] = i
+        full[tuple(idx)] = plane
     else:
-        lab, u = lab[0], u[0]
-        probs_arr = probs_arr[0] if probs_arr is not None else None
-    return Prediction(np.ascontiguousarray(lab), np.ascontiguousarray(u, dtype=np.float32), scores, probs_arr)
+        full[...] = plane
+
+
+@torch.no_grad()
+def predict_volume(net: nn.Module, volume: Volume, spec: InputSpec, runtime: Runtime | None = None, *,
+                   uncertainty_fn=pixel_uncertainty, recalibrate: bool = True) -> Prediction:
+    """Every slice of ``volume``, one at a time into preallocated full-size outputs."""
+    runtime = runtime or Runtime.of(net)
+    net = prepare(net, volume, spec, runtime, recalibrate)
+    labels = np.zeros(volume.spatial_shape, np.uint8)
+    unc = np.zeros(volume.spatial_shape, np.float32)
+    scores = np.zeros(volume.n_slices, np.float64)
+    for i, lab, u in predict_slices(net, volume, range(volume.n_slices), spec, runtime, uncertainty_fn):
+        _put(volume, labels, i, lab)
+        _put(volume, unc, i, u)
+        scores[i] = float(u.mean())
+    return Prediction(labels, unc, scores)
+
+
+@torch.no_grad()
+def predict_some(net: nn.Module, volume: Volume, indices, spec: InputSpec, runtime: Runtime,
+                 volume_index: int = 0, uncertainty_fn=pixel_uncertainty) -> SlicePrediction:
+    """A few slices (``net`` already prepared), stacked for the viewer."""
+    got = list(predict_slices(net, volume, indices, spec, runtime, uncertainty_fn))
+    return SlicePrediction(volume_index, [g[0] for g in got], np.stack([g[1] for g in got]),
+                           np.stack([g[2] for g in got]), np.array([float(g[2].mean()) for g in got]))

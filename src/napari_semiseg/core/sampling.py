@@ -1,9 +1,12 @@
-"""Two-stream batches of labeled and unlabeled slices with the field's augmentations.
+"""Two-stream batches of labeled and unlabeled patches with the field's augmentations.
 
-Labeled items are drawn only from slices in each volume's ``labeled`` set, so labels of other
-slices never reach a loss. Augmentation (methods-spec §1.1) runs on the whole batch at once: with
-p = 0.5 a random rot90 and flip, otherwise a rotation in [-20, 20) degrees; images bilinear,
-labels nearest.
+Items are square patches cropped from slices at the working resolution (the image's own unless
+the user asks for a coarser one); a slice smaller than the patch is padded, never resized. Labeled
+items are drawn only from slices in each volume's ``labeled`` set, so labels of other slices never
+reach a loss, and a fixed share of them is centred on a labeled foreground pixel of a class drawn
+at random (nnU-Net's oversampling), so rare, small or thin classes are in every batch. Augmentation
+(methods-spec §1.1) runs on the whole batch at once: with p = 0.5 a random rot90 and flip,
+otherwise a rotation in [-20, 20) degrees; images bilinear, labels nearest.
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ class TwoStreamSampler:
     """Labeled slices come from ``volumes``; unlabeled ones from their other slices ("real"), from
     ``extra_unlabeled`` images such as a folder of synthetic ones ("extra"), or from both."""
 
-    def __init__(self, volumes: list[Volume], canvas: int, context: int, labeled_batch: int,
+    def __init__(self, volumes: list[Volume], patch: int, context: int, labeled_batch: int,
                  unlabeled_batch: int, seed: int = 0, augment: bool = True,
-                 extra_unlabeled: list[Volume] | None = None, unlabeled_source: str = "real"):
+                 extra_unlabeled: list[Volume] | None = None, unlabeled_source: str = "real",
+                 scale: float = 1.0, foreground_fraction: float = 0.33):
         if unlabeled_source not in UNLABELED_SOURCES:
             raise InputError(f"Unknown unlabeled source '{unlabeled_source}': use real, extra or both.")
         extra = list(extra_unlabeled or [])
@@ -52,12 +56,13 @@ class TwoStreamSampler:
         self.n_own = len(volumes)
         self.unlabeled_source = unlabeled_source
         volumes = list(volumes) + extra
-        self.volumes, self.canvas, self.context = volumes, canvas, context
+        self.volumes, self.patch, self.context = volumes, patch, context
         self.labeled_batch, self.unlabeled_batch = labeled_batch, unlabeled_batch
         self.augment = augment
+        self.foreground_fraction = foreground_fraction
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)
-        self.geometries = [v.geometry(canvas) for v in volumes]
+        self.geometries = [v.geometry(scale) for v in volumes]
         self.refresh()
 
     def refresh(self) -> None:
@@ -82,8 +87,9 @@ class TwoStreamSampler:
         return list(self._labeled.items)
 
     def labeled_image(self, key: tuple[int, int]) -> torch.Tensor:
-        """The un-augmented network input of a labeled slice."""
-        return self._input(*key)
+        """The un-augmented network input of a labeled slice: its central patch."""
+        x = self._input(*key)
+        return _crop(x, None, *_window(x.shape[-2:], self.patch, None, self.rng, middle=True), self.patch)[0]
 
     def _input(self, vi: int, s: int) -> torch.Tensor:
         v = self.volumes[vi]
@@ -92,19 +98,62 @@ class TwoStreamSampler:
             x = x.repeat(2 * self.context + 1, 1, 1)
         return x
 
-    def _stack(self, items) -> torch.Tensor:
-        return torch.stack([self._input(vi, s) for vi, s in items])
+    def _labeled_patch(self, vi: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        v, geom = self.volumes[vi], self.geometries[vi]
+        x, y = self._input(vi, s), v.working_label(s, geom)
+        centre = None
+        if self.rng.random() < self.foreground_fraction:
+            fg = v.foreground(s, geom)
+            if fg:
+                pixels = fg[list(fg)[int(self.rng.integers(len(fg)))]]  # a class at random, then one of its pixels
+                centre = divmod(int(pixels[int(self.rng.integers(len(pixels)))]), x.shape[-1])
+        return _crop(x, y, *_window(x.shape[-2:], self.patch, centre, self.rng), self.patch)
+
+    def _unlabeled_patch(self, vi: int, s: int) -> torch.Tensor:
+        x = self._input(vi, s)
+        return _crop(x, None, *_window(x.shape[-2:], self.patch, None, self.rng), self.patch)[0]
 
     def next(self) -> Batch:
-        lab = self._labeled.take(self.labeled_batch)
-        x_l = self._stack(lab)
-        y_l = torch.stack([self.volumes[vi].canvas_label(s, self.geometries[vi]) for vi, s in lab])
-        x_u = self._stack(self._unlabeled.take(self.unlabeled_batch)) if self.unlabeled_batch else x_l[:0]
+        pairs = [self._labeled_patch(vi, s) for vi, s in self._labeled.take(self.labeled_batch)]
+        x_l = torch.stack([p[0] for p in pairs])
+        y_l = torch.stack([p[1] for p in pairs])
+        x_u = torch.stack([self._unlabeled_patch(vi, s) for vi, s in self._unlabeled.take(self.unlabeled_batch)]) \
+            if self.unlabeled_batch else x_l[:0]
         if self.augment:
             x_l, y_l = augment_pairs(x_l, y_l, self.generator)
             if len(x_u):
                 x_u, _ = augment_pairs(x_u, None, self.generator)
         return Batch(x_l, y_l, x_u)
+
+
+def _window(shape, patch: int, centre, rng: np.random.Generator, middle: bool = False) -> tuple[int, int]:
+    """Top-left corner of a ``patch`` window in an (h, w) slice: around ``centre`` (row, column) if
+    given, in the middle with ``middle``, else at random; 0 along an axis shorter than the patch."""
+    out = []
+    for axis, n in enumerate(int(n) for n in shape):
+        if n <= patch:
+            out.append(0)
+        elif middle:
+            out.append((n - patch) // 2)
+        elif centre is not None:
+            out.append(int(np.clip(centre[axis] - patch // 2, 0, n - patch)))
+        else:
+            out.append(int(rng.integers(0, n - patch + 1)))
+    return tuple(out)
+
+
+def _crop(x: torch.Tensor, y: torch.Tensor | None, top: int, left: int, patch: int):
+    """A (C, patch, patch) crop of x (and y), zero-padded at the bottom and right where the slice is smaller."""
+    x = x[..., top:top + patch, left:left + patch]
+    pad = (0, patch - x.shape[-1], 0, patch - x.shape[-2])
+    if pad[1] or pad[3]:
+        x = F.pad(x, pad)
+    if y is None:
+        return x, None
+    y = y[top:top + patch, left:left + patch]
+    if pad[1] or pad[3]:
+        y = F.pad(y, pad)
+    return x, y
 
 
 def _random_affines(n: int, gen: torch.Generator) -> torch.Tensor:

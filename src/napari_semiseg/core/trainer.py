@@ -1,8 +1,10 @@
 """The training loop as a generator of small reports.
 
 ``Trainer.run()`` yields a :class:`Report` every ``report_every`` steps; at most every
-``refresh_seconds`` a report also carries the predictor's (EMA teacher's) prediction of every
-volume. Between steps it accepts, through ``generator.send``, a :class:`LabelUpdate`; ``pause``,
+``refresh_seconds`` a report also carries the predictor's (EMA teacher's) prediction of a few
+slices: the one the user is looking at (``set_focus``) and its neighbours first, then the next
+slices of a rolling sweep, as many as ``refresh_budget_seconds`` allows, so the whole volume is
+covered every few refreshes however large it is. The last report carries every volume whole. Between steps it accepts, through ``generator.send``, a :class:`LabelUpdate`; ``pause``,
 ``resume`` and ``stop`` may be called from another thread. The trainer never touches a GUI.
 """
 
@@ -21,12 +23,13 @@ import torch
 from .. import __version__
 from .checkpoint import FORMAT, FolderLock, load_method, load_optimiser_state, save_model, weights_are_finite
 from .errors import InputError
-from .inference import Prediction, autocast_for, predict_volume
+from .inference import (InputSpec, Prediction, Runtime, SlicePrediction, autocast_for, predict_some,
+                        predict_volume, prepare)
 from .methods import METHODS, build_method
 from .methods.base import TrainState
 from .sampling import TwoStreamSampler
 from .settings import check_types, require
-from .volume import Volume, choose_canvas
+from .volume import Volume, choose_patch
 
 MAX_LABEL = 255  # pseudo-labels are uint8; a larger value is almost always an image read as labels
 
@@ -37,14 +40,18 @@ class TrainConfig:
     method_settings: dict = field(default_factory=dict)
     iterations: int | None = None  # stop after this many steps ...
     minutes: float | None = None  # ... or after this much time; neither: until stopped
-    batch_size: int = 8
-    labeled_batch: int = 4
+    batch_size: int | None = None  # None: 8 on a CPU, 16 on a GPU
+    labeled_batch: int | None = None  # None: half the batch
     optimiser: str = "adamw"  # "adamw" | "sgd" (the field's, too slow for minute budgets)
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "poly"  # "poly" | "constant"
-    max_side: int = 256
+    patch_size: int | None = None  # training patch side; None: 256 on a CPU, 512 on a GPU (a small image's own)
+    scale: float = 1.0  # working resolution: 1 = the image's own; 0.5 trains and predicts at half
+    foreground_fraction: float = 0.33  # share of labeled patches centred on a labeled foreground pixel
+    window_overlap: float = 0.25  # sliding-window prediction: overlap of neighbouring windows
+    refresh_budget_seconds: float = 1.0  # prediction time per live refresh (the focused slice always)
     context: int = 1  # neighbouring slices on each side fed as extra channels (3D only)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "mps"
     threads: int | None = None  # CPU threads for torch; None: all cores
@@ -74,11 +81,18 @@ class TrainConfig:
         require(self.iterations is None or self.iterations >= 1,
                 f"The step budget must be at least 1 iteration, not {self.iterations}.")
         require(self.minutes is None or self.minutes > 0, f"The time budget must be above 0 minutes, not {self.minutes}.")
-        require(self.batch_size >= 1 and self.labeled_batch >= 1 and self.labeled_batch <= self.batch_size,
-                f"The batch needs at least one labeled slice and no more labeled ({self.labeled_batch}) than in "
-                f"total ({self.batch_size}).")
-        require(self.batch_size <= 4096, f"batch_size {self.batch_size} is far beyond what fits in memory.")
-        require(32 <= self.max_side <= 16384, f"max_side must be from 32 to 16384 pixels, not {self.max_side}.")
+        require(all(v is None or v >= 1 for v in (self.batch_size, self.labeled_batch)),
+                "The batch needs at least one labeled patch: batch_size and labeled_batch must be at least 1.")
+        batch, labeled = self.batch_size or 8, self.labeled_batch or max(1, (self.batch_size or 8) // 2)
+        require(labeled <= batch,
+                f"The batch needs at least one labeled patch and no more labeled ({labeled}) than in total ({batch}).")
+        require(batch <= 4096, f"batch_size {batch} is far beyond what fits in memory.")
+        require(self.patch_size is None or 16 <= self.patch_size <= 4096,
+                f"patch_size must be from 16 to 4096 pixels, not {self.patch_size}.")
+        require(0 < self.scale <= 1, f"scale must be above 0 and at most 1 (the image's own resolution), not {self.scale}.")
+        require(0 <= self.foreground_fraction <= 1 and 0 <= self.window_overlap < 1,
+                "foreground_fraction must be in [0, 1] and window_overlap in [0, 1).")
+        require(self.refresh_budget_seconds > 0, "refresh_budget_seconds must be above 0.")
         require(0 <= self.context <= 8, f"context must be from 0 to 8 neighbouring slices, not {self.context}.")
         require(self.threads is None or self.threads >= 1, f"threads must be at least 1, not {self.threads}.")
         require(self.report_every >= 1, f"report_every must be at least 1, not {self.report_every}.")
@@ -101,7 +115,8 @@ class Report:
     slices_per_second: float
     elapsed: float
     progress: float | None
-    prediction: list[Prediction] | None = None  # one per volume, at the refresh interval
+    prediction: list[Prediction] | None = None  # every volume whole, in the last report
+    slices: SlicePrediction | None = None  # a few slices, at the refresh interval
     paused: bool = False
     finished: bool = False
     checkpoint: str | None = None
@@ -182,13 +197,14 @@ class Trainer:
             self.method, meta = load_method(resume_from, user_settings=c.method_settings)
             if meta["method"] != c.method:
                 raise InputError(f"The saved model was trained with {meta['method']}, not {c.method}.")
-            self.canvas = int(meta["canvas"])
+            self.patch, self.scale = spec_of(meta, volumes)
             self.context = int(meta["context"])
             self.n_classes = int(meta["n_classes"])
             self.iteration = int(meta.get("iteration", 0))
         else:
             self.context = c.context if any(v.is_3d for v in volumes) else 0
-            self.canvas = choose_canvas([v.slice_shape for v in volumes], c.max_side)
+            self.scale = c.scale
+            self.patch = choose_patch([v.geometry(c.scale).working for v in volumes], c.patch_size, self.device.type)
             top = max(max(v.classes_present()) for v in volumes)
             _check_label_range(top)
             self.n_classes = max(2, top + 1)
@@ -209,11 +225,18 @@ class Trainer:
                                      "optimiser.safetensors and optimiser.json to resume with a fresh one.") from None
         self.scaler = torch.amp.GradScaler(enabled=self.precision == "fp16" and self.device.type == "cuda")
 
-        unl_batch = c.batch_size - c.labeled_batch if c.method != "supervised" else 0
+        batch = c.batch_size or (8 if self.device.type == "cpu" else 16)
+        labeled = min(c.labeled_batch or max(1, batch // 2), batch)
+        unl_batch = batch - labeled if c.method != "supervised" else 0
         extra = read_unlabeled_folder(c.unlabeled_dir, volumes[0]) if c.unlabeled_dir else []
-        self.sampler = TwoStreamSampler(volumes, self.canvas, self.context, c.labeled_batch, unl_batch,
+        self.sampler = TwoStreamSampler(volumes, self.patch, self.context, labeled, unl_batch,
                                         seed=c.seed, augment=c.augment, extra_unlabeled=extra,
-                                        unlabeled_source=c.unlabeled_source)
+                                        unlabeled_source=c.unlabeled_source, scale=self.scale,
+                                        foreground_fraction=c.foreground_fraction)
+        self.spec = InputSpec(self.patch, self.context, self.scale, c.window_overlap)
+        self.runtime = Runtime(self.device, self.precision, self.channels_last)
+        self.focus: tuple[int, int] = (0, volumes[0].n_slices // 2)
+        self._sweep_next = 0
         self.method.bind_labeled_bank(self.sampler)
         # the model folder is this run's alone until it ends: a second training into it is refused now
         # (taken last, so that a failure above leaves no lock behind)
@@ -284,11 +307,40 @@ class Trainer:
             self.sampler.refresh()
             self.method.bind_labeled_bank(self.sampler)
 
-    def predict(self, keep_probabilities: bool = False) -> list[Prediction]:
+    def predict(self) -> list[Prediction]:
+        """Every volume whole, a slice at a time (memory bounded)."""
         net = self.method.predictor()
-        return [predict_volume(net, v, self.canvas, self.context, device=self.device, precision=self.precision,
-                               channels_last=self.channels_last, uncertainty_fn=self.method.uncertainty,
-                               keep_probabilities=keep_probabilities) for v in self.volumes]
+        return [predict_volume(net, v, self.spec, self.runtime, uncertainty_fn=self.method.uncertainty)
+                for v in self.volumes]
+
+    def set_focus(self, slice_index: int, volume_index: int = 0) -> None:
+        """The slice the user is looking at: the next live refresh predicts it (and its neighbours) first."""
+        self.focus = (int(volume_index), int(slice_index))
+
+    def predict_live(self) -> SlicePrediction:
+        """The focused slice and its neighbours, then the sweep's next slices within the refresh budget."""
+        vi, centre = self.focus
+        vol = self.volumes[vi]
+        n = vol.n_slices
+        t0 = time.perf_counter()
+        net = prepare(self.method.predictor(), vol, self.spec, self.runtime)
+        done = [i for i in (centre, centre - 1, centre + 1) if 0 <= i < n]
+        t1 = time.perf_counter()
+        out = [predict_some(net, vol, done, self.spec, self.runtime, vi, self.method.uncertainty)]
+        per_slice = (time.perf_counter() - t1) / len(done)
+        budget = self.config.refresh_budget_seconds - (time.perf_counter() - t0)
+        # at least one more slice each time: a slow machine still covers the volume, only more slowly
+        k = min(n - len(done), max(1, int(budget / max(per_slice, 1e-4))))
+        sweep = []
+        while len(sweep) < k:
+            i = self._sweep_next % n
+            self._sweep_next += 1
+            if i not in done:
+                sweep.append(i)
+        if sweep:
+            out.append(predict_some(net, vol, sweep, self.spec, self.runtime, vi, self.method.uncertainty))
+        return SlicePrediction(vi, [i for o in out for i in o.slices], np.concatenate([o.labels for o in out]),
+                               np.concatenate([o.uncertainty for o in out]), np.concatenate([o.scores for o in out]))
 
     def step(self, progress: float | None) -> dict[str, float]:
         """One optimiser step on one two-stream batch."""
@@ -358,12 +410,12 @@ class Trainer:
                 checkpoint = str(self.save(self.out_dir))
                 last_checkpoint = time.perf_counter()
             if due or checkpoint or self.iteration % c.report_every == 0:
-                pred = None
+                live = None
                 if due:
-                    pred = self.predict()
+                    live = self.predict_live()
                     last_refresh = time.perf_counter()
                 cmd = yield Report(self.iteration, losses, self._lr(progress), rate, elapsed,
-                                   self._progress(start_iter, elapsed), pred, checkpoint=checkpoint)
+                                   self._progress(start_iter, elapsed), slices=live, checkpoint=checkpoint)
                 self._handle(cmd)
         elapsed = time.perf_counter() - t0 - paused_time
         checkpoint = str(self.save(self.out_dir)) if self.out_dir else None
@@ -373,6 +425,7 @@ class Trainer:
     def _handle(self, cmd) -> None:
         if isinstance(cmd, LabelUpdate):
             self.update_labels(cmd)
+
         elif cmd == "stop":
             self.stop()
         elif cmd == "pause":
@@ -405,8 +458,10 @@ class Trainer:
             "in_channels": self.method.in_channels,
             "image_channels": v0.n_channels,
             "context": self.context,
-            "canvas": self.canvas,
-            "max_side": self.config.max_side,
+            "canvas": self.patch,  # the name older versions read
+            "patch": self.patch,
+            "scale": self.scale,
+            "window_overlap": self.config.window_overlap,
             "axis": v0.axis,
             "normalisation": v0.normalisation.to_dict(),
             "iteration": self.iteration,
@@ -428,6 +483,16 @@ class Trainer:
         """Give the model folder back to other writers (the run ended, however it ended)."""
         if self._folder_lock is not None:
             self._folder_lock.release()
+
+
+def spec_of(meta: dict, volumes) -> tuple[int, float]:
+    """Patch side and working scale of a saved model. Models saved before native-resolution training
+    squeezed each slice onto one canvas: their scale is what that squeeze was."""
+    patch = int(meta.get("patch", meta["canvas"]))
+    if "scale" in meta:
+        return patch, float(meta["scale"])
+    largest = max(max(v.slice_shape) for v in volumes)
+    return patch, min(1.0, patch / largest)
 
 
 def _check_label_range(top: int) -> None:

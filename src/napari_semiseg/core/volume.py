@@ -26,21 +26,21 @@ class Normalisation:
     low: float = 0.5  # percentile, or window lower bound in HU
     high: float = 99.5
 
-    def bounds(self, image: np.ndarray, channel_axis: int | None) -> np.ndarray:
-        """(channels, 2) array of the values mapped to 0 and 1."""
-        chans = [image] if channel_axis is None else [np.take(image, c, axis=channel_axis)
-                                                      for c in range(image.shape[channel_axis])]
+    def bounds(self, sample: np.ndarray, channel_axis: int | None) -> np.ndarray:
+        """(channels, 2) array of the values mapped to 0 and 1, from a sample of the image's voxels."""
+        chans = [sample] if channel_axis is None else [np.take(sample, c, axis=channel_axis)
+                                                       for c in range(sample.shape[channel_axis])]
         out = []
         for ch in chans:
             if self.mode == "window":
                 lo, hi = self.low, self.high
             else:
-                sample = _subsample(ch, 2_000_000)
-                if np.issubdtype(sample.dtype, np.floating):
-                    sample = sample[np.isfinite(sample)]  # NaN/Inf voxels (outside a scanner's field) carry no scale
-                if sample.size == 0:
+                ch = np.asarray(ch).reshape(-1)
+                if np.issubdtype(ch.dtype, np.floating):
+                    ch = ch[np.isfinite(ch)]  # NaN/Inf voxels (outside a scanner's field) carry no scale
+                if ch.size == 0:
                     raise InputError("The image holds no finite intensity (every voxel sampled is NaN or infinite).")
-                lo, hi = np.percentile(sample, (self.low, self.high))
+                lo, hi = np.percentile(ch, (self.low, self.high))
             if hi <= lo:
                 hi = lo + 1.0
             out.append((float(lo), float(hi)))
@@ -54,51 +54,42 @@ class Normalisation:
         return cls(d.get("mode", "percentile"), float(d.get("low", 0.5)), float(d.get("high", 99.5)))
 
 
-def _subsample(arr: np.ndarray, max_items: int) -> np.ndarray:
-    step = int(np.ceil(arr.size / max_items)) if arr.size > max_items else 1
-    return arr.reshape(-1)[::step] if arr.flags.c_contiguous else np.asarray(arr).reshape(-1)[::step]
-
-
 @dataclass(frozen=True)
 class WorkingGeometry:
-    """How a native slice maps onto the square network canvas: resize by ``scale``, pad to ``canvas``."""
+    """How a native slice maps onto the network's working grid: resized by ``scale`` (1 = native).
+
+    Nothing is padded or squeezed here: training crops patches from the working slice and
+    prediction slides a window over it, so an image of any size keeps its own resolution.
+    """
 
     native: tuple[int, int]
-    canvas: int
-    scale: float
+    scale: float = 1.0
 
     @property
-    def resized(self) -> tuple[int, int]:
+    def working(self) -> tuple[int, int]:
         return (max(1, round(self.native[0] * self.scale)), max(1, round(self.native[1] * self.scale)))
 
-    def to_canvas(self, x: torch.Tensor, mode: str) -> torch.Tensor:
-        """(N, C, H, W) native -> (N, C, canvas, canvas)."""
-        if self.scale != 1.0:
-            if mode == "nearest":
-                x = F.interpolate(x.float(), size=self.resized, mode="nearest").to(x.dtype)
-            else:
-                x = F.interpolate(x, size=self.resized, mode="bilinear", align_corners=False, antialias=True)
-        h, w = x.shape[-2:]
-        return F.pad(x, (0, self.canvas - w, 0, self.canvas - h))
+    def to_working(self, x: torch.Tensor, mode: str) -> torch.Tensor:
+        """(N, C, H, W) native -> (N, C, h, w) at the working resolution."""
+        if self.working == tuple(self.native):
+            return x
+        if mode == "nearest":
+            return F.interpolate(x.float(), size=self.working, mode="nearest").to(x.dtype)
+        return F.interpolate(x, size=self.working, mode="bilinear", align_corners=False, antialias=True)
 
-    def from_canvas(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, canvas, canvas) probabilities -> (N, C, H, W) native (bilinear, inverse of to_canvas)."""
-        h, w = self.resized
-        x = x[..., :h, :w]
-        if self.scale != 1.0:
-            x = F.interpolate(x, size=self.native, mode="bilinear", align_corners=False)
-        return x
+    def to_native(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) probabilities -> (N, C, H, W) native (bilinear)."""
+        if self.working == tuple(self.native):
+            return x
+        return F.interpolate(x, size=self.native, mode="bilinear", align_corners=False)
 
 
-def choose_canvas(native_shapes: list[tuple[int, int]], max_side: int = 256) -> int:
-    """One square canvas for all slices: the largest native side, capped, rounded up to the net's multiple."""
-    side = min(max(max(s) for s in native_shapes), max_side)
-    return int(np.ceil(side / NETWORK_MULTIPLE) * NETWORK_MULTIPLE)
-
-
-def geometry_for(native: tuple[int, int], canvas: int) -> WorkingGeometry:
-    scale = min(1.0, canvas / max(native))
-    return WorkingGeometry(tuple(int(s) for s in native), canvas, scale)
+def choose_patch(working_shapes: list[tuple[int, int]], requested: int | None, device_type: str) -> int:
+    """The training patch side: the user's, else by device (CPU 256, GPU 512), never larger than the
+    largest working slice needs; a multiple of 16 (four 2x poolings in UNet2D)."""
+    side = requested or (256 if device_type == "cpu" else 512)
+    largest = max(max(s) for s in working_shapes)
+    return int(np.ceil(min(side, largest) / NETWORK_MULTIPLE) * NETWORK_MULTIPLE)
 
 
 @dataclass
@@ -134,11 +125,12 @@ class Volume:
         bad = [i for i in self.labeled if not 0 <= i < self.n_slices]
         if bad:
             raise InputError(f"Labeled slice {bad[0]} is outside the volume (0 to {self.n_slices - 1}).")
-        self._bounds = self.normalisation.bounds(self.image, self.image.ndim - 1 if self.channels else None)
+        self._bounds = self.normalisation.bounds(_intensity_sample(self.image, self.channels),
+                                                 -1 if self.channels else None)
         if not np.all(np.isfinite(self._bounds)):
             raise InputError("The intensity window is not finite: give finite normalisation bounds.")
         self.non_finite_voxels = count_non_finite(self.image)
-        self._cache: dict = {}
+        self._cache = _SliceCache()
 
     # ---- shape
     @property
@@ -176,19 +168,20 @@ class Volume:
             vals |= set(np.unique(self.raw_label_slice(i)).tolist())
         return sorted(vals | {0})
 
-    # ---- slices
+    # ---- slices (read one at a time: the image may be a memory-mapped file, a dask or a zarr array)
+    def _index(self, i: int) -> tuple:
+        idx = [slice(None)] * (len(self.spatial_shape) + (1 if self.channels else 0))
+        idx[self.axis] = int(i)
+        return tuple(idx)
+
     def raw_image_slice(self, i: int) -> np.ndarray:
         """(H, W) or (H, W, C) native slice, as stored."""
-        if not self.is_3d:
-            return np.asarray(self.image)
-        return np.asarray(np.take(self.image, i, axis=self.axis))
+        return np.asarray(self.image if not self.is_3d else self.image[self._index(i)])
 
     def raw_label_slice(self, i: int) -> np.ndarray:
         if self.labels is None:
             raise InputError("This volume has no labels.")
-        if not self.is_3d:
-            return np.asarray(self.labels)
-        return np.asarray(np.take(self.labels, i, axis=self.axis))
+        return np.asarray(self.labels if not self.is_3d else self.labels[self._index(i)])
 
     def normalised_slice(self, i: int) -> np.ndarray:
         """(C, H, W) float32 in [0, 1]."""
@@ -201,30 +194,42 @@ class Volume:
             np.nan_to_num(out, copy=False, nan=0.0)  # +-Inf were clipped to 1 and 0; NaN is the darkest value
         return out
 
-    def canvas_slice(self, i: int, geometry: WorkingGeometry) -> torch.Tensor:
-        """(C, canvas, canvas) float32, cached: training revisits the same few slices often."""
-        key = ("img", i, geometry.canvas)
-        if key not in self._cache:
+    def working_slice(self, i: int, geometry: WorkingGeometry) -> torch.Tensor:
+        """(C, h, w) float32 at the working resolution, cached: training revisits the labeled slices often."""
+        key = ("img", i, geometry.scale)
+        hit = self._cache.get(key)
+        if hit is None:
             x = torch.from_numpy(np.ascontiguousarray(self.normalised_slice(i)))[None]
-            self._cache[key] = geometry.to_canvas(x, "bilinear")[0].contiguous()
-        return self._cache[key]
+            hit = self._cache.put(key, geometry.to_working(x, "bilinear")[0].contiguous())
+        return hit
 
-    def canvas_label(self, i: int, geometry: WorkingGeometry) -> torch.Tensor:
-        """(canvas, canvas) int64 label of a labeled slice; refuses unlabeled slices."""
+    def working_label(self, i: int, geometry: WorkingGeometry) -> torch.Tensor:
+        """(h, w) int64 label of a labeled slice at the working resolution; refuses unlabeled slices."""
         if i not in self.labeled:
             raise KeyError(f"slice {i} is not labeled")
-        key = ("lab", i, geometry.canvas)
-        if key not in self._cache:
+        key = ("lab", i, geometry.scale)
+        hit = self._cache.get(key)
+        if hit is None:
             y = torch.from_numpy(self.raw_label_slice(i).astype(np.int64))[None, None]
-            self._cache[key] = geometry.to_canvas(y, "nearest")[0, 0].contiguous()
-        return self._cache[key]
+            hit = self._cache.put(key, geometry.to_working(y, "nearest")[0, 0].contiguous())
+        return hit
+
+    def foreground(self, i: int, geometry: WorkingGeometry) -> dict[int, np.ndarray]:
+        """Flat indices of each foreground class's pixels in a labeled slice (working resolution), cached."""
+        key = ("fg", i, geometry.scale)
+        hit = self._cache.get(key)
+        if hit is None:
+            flat = self.working_label(i, geometry).reshape(-1).numpy()
+            hit = self._cache.put(key, {int(c): np.flatnonzero(flat == c) for c in np.unique(flat) if c != 0},
+                                  nbytes=flat.size)
+        return hit
 
     def context_stack(self, i: int, geometry: WorkingGeometry, context: int) -> torch.Tensor:
         """The slice with ``context`` neighbours on each side as extra channels (edges repeated)."""
         if context == 0 or not self.is_3d:
-            return self.canvas_slice(i, geometry)
+            return self.working_slice(i, geometry)
         idx = [min(max(j, 0), self.n_slices - 1) for j in range(i - context, i + context + 1)]
-        return torch.cat([self.canvas_slice(j, geometry) for j in idx], 0)
+        return torch.cat([self.working_slice(j, geometry) for j in idx], 0)
 
     def set_labels(self, labels: np.ndarray, labeled: set[int]) -> None:
         """Replace the trusted annotations (e.g. after the user accepted or corrected a slice)."""
@@ -232,16 +237,75 @@ class Volume:
             raise InputError(f"The new labels have shape {labels.shape}, not {self.spatial_shape}.")
         self.labels = labels
         self.labeled = {int(i) for i in labeled}
-        self._cache = {k: v for k, v in self._cache.items() if k[0] != "lab"}
+        self._cache.drop(lambda k: k[0] in ("lab", "fg"))
 
-    def geometry(self, canvas: int) -> WorkingGeometry:
-        return geometry_for(self.slice_shape, canvas)
+    def geometry(self, scale: float = 1.0) -> WorkingGeometry:
+        return WorkingGeometry(tuple(int(s) for s in self.slice_shape), float(scale))
 
 
-def count_non_finite(image: np.ndarray) -> int:
-    """NaN and infinite voxels of a float image, counted a slab at a time (no full-size mask)."""
+class _SliceCache:
+    """Working slices by key, least recently used first out, within a memory budget.
+
+    A 300-slice CT at 512x512 would otherwise keep 300 MB of float32 slices alive; the labeled
+    slices, which training revisits every few steps, stay in.
+    """
+
+    def __init__(self, max_bytes: int = 256 << 20):
+        from collections import OrderedDict
+
+        self.max_bytes, self.bytes, self.items = max_bytes, 0, OrderedDict()
+
+    def get(self, key):
+        hit = self.items.get(key)
+        if hit is not None:
+            self.items.move_to_end(key)
+            return hit[0]
+        return None
+
+    def put(self, key, value, nbytes: int | None = None):
+        size = nbytes if nbytes is not None else value.element_size() * value.nelement()
+        self.items[key] = (value, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes and len(self.items) > 1:
+            _, (_, old) = self.items.popitem(last=False)
+            self.bytes -= old
+        return value
+
+    def drop(self, predicate) -> None:
+        for key in [k for k in self.items if predicate(k)]:
+            self.bytes -= self.items.pop(key)[1]
+
+
+def _intensity_sample(image, channels: bool) -> np.ndarray:
+    """Up to about 2 M voxels for the normalisation bounds: all of a small image, else a few slices
+    spread through the volume (strided), so a lazy image is never read whole."""
+    size = int(np.prod(image.shape, dtype=np.float64))
+    if size <= 2_000_000 or isinstance(image, np.ndarray) and image.flags.c_contiguous:
+        arr = np.asarray(image)
+        if size <= 2_000_000:
+            return arr
+        step = int(np.ceil(size / 2_000_000))
+        flat = arr.reshape(-1, arr.shape[-1]) if channels else arr.reshape(-1)
+        return flat[::step]
+    n0 = image.shape[0]
+    picks = np.unique(np.linspace(0, n0 - 1, min(n0, 16)).round().astype(int))
+    per = 2_000_000 // len(picks)
+    parts = []
+    for i in picks:
+        sl = np.asarray(image[int(i)])
+        flat = sl.reshape(-1, sl.shape[-1]) if channels else sl.reshape(-1)
+        parts.append(flat[:: max(1, int(np.ceil(len(flat) / per)))])
+    return np.concatenate(parts)
+
+
+def count_non_finite(image) -> int:
+    """NaN and infinite voxels of a float image in memory, a slab at a time (no full-size mask).
+
+    A lazy image (dask, zarr) is not read whole for this: its slices are cleaned as they are read."""
     if not np.issubdtype(image.dtype, np.floating):
         return 0
+    if not isinstance(image, np.ndarray):
+        return -1  # unknown: clean every slice
     flat = image.reshape(image.shape[0], -1) if image.ndim > 1 else image[None]
     return int(sum(flat[i:i + 16].size - np.count_nonzero(np.isfinite(flat[i:i + 16]))
                    for i in range(0, flat.shape[0], 16)))

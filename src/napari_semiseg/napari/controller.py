@@ -318,7 +318,9 @@ class SessionController:
         would never hear of the failure. ``_done`` lets the GUI thread wait when the viewer closes.
         """
         try:
+            focus = snapshot.pop("focus")
             self.trainer = Trainer([Volume(**snapshot)], config, resume_from=resume_from, out_dir=out_dir)
+            self.trainer.set_focus(focus)
             if self._stop_requested:
                 self.trainer.stop()
             yield from self.trainer.run()
@@ -332,9 +334,10 @@ class SessionController:
     def _snapshot(self, labeled: set[int]) -> dict:
         """What the trainer gets: the image as is and a copy of the labels (it never sees half-painted edits)."""
         img = self.state.image_layer
-        return {"image": np.asarray(img.data), "labels": np.array(self.state.labels_layer.data, copy=True),
+        # the image as the layer holds it (numpy, memory map, dask, zarr): read a slice at a time, never copied
+        return {"image": img.data, "labels": np.array(self.state.labels_layer.data, copy=True),
                 "labeled": set(labeled), "axis": self.state.axis if self.is_3d else 0,
-                "channels": bool(getattr(img, "rgb", False)), "name": img.name}
+                "channels": bool(getattr(img, "rgb", False)), "name": img.name, "focus": self.current_slice()}
 
     def pause(self) -> None:
         if self.trainer is not None:
@@ -376,8 +379,11 @@ class SessionController:
         self.state.last_report = report
         if "loss" in report.losses:
             self.state.loss_history.append(report.losses["loss"])
-        if report.prediction is not None and self.state.image_layer in self.viewer.layers:
-            self._show_prediction(report.prediction[0])
+        if self.state.image_layer in self.viewer.layers:
+            if report.slices is not None:
+                self._show_slices(report.slices)
+            if report.prediction is not None:
+                self._show_prediction(report.prediction[0])
         if self._progress_bar is not None and report.progress is not None:
             self._progress_bar.n = int(report.progress * 100)
             self._progress_bar.refresh()
@@ -389,7 +395,7 @@ class SessionController:
     def _on_error(self, err: Exception) -> None:
         msg = str(err).split("\n")[0] or type(err).__name__
         if is_out_of_memory(err.__cause__ or err):
-            msg = out_of_memory_message("training") + " (Advanced: Batch size, Max working side.)"
+            msg = out_of_memory_message("training") + " (Advanced: Batch size, Patch size, Working scale.)"
         kept = ""
         if self.state.model_dir is not None and self.state.checkpoint_iteration is not None:
             kept = (f" The last checkpoint (iteration {self.state.checkpoint_iteration}) is kept in "
@@ -437,16 +443,42 @@ class SessionController:
             self.viewer.layers.selection.active = lab
 
     def _show_prediction(self, pred) -> None:
+        """The whole volume (the last report)."""
+        self._write_live(slice(None), pred.labels, pred.uncertainty)
+        self.state.slice_scores = np.asarray(pred.slice_scores, float)
+
+    def _show_slices(self, part) -> None:
+        """A few slices (a live refresh): written in place; each slice keeps its latest score."""
+        n = self.state.labels_layer.data.shape[self.state.axis] if self.is_3d else 1
+        if self.state.slice_scores is None or len(self.state.slice_scores) != n:
+            self.state.slice_scores = np.full(n, np.nan)
+        if not self.is_3d:
+            self._write_live(slice(None), part.labels[0], part.uncertainty[0])
+        else:
+            self._write_live(np.asarray(part.slices), np.moveaxis(part.labels, 0, self.state.axis),
+                             np.moveaxis(part.uncertainty, 0, self.state.axis))
+        self.state.slice_scores[np.asarray(part.slices)] = part.scores
+
+    def _write_live(self, where, labels: np.ndarray, uncertainty: np.ndarray) -> None:
+        """In place (the layers are never re-created); ``where`` indexes the slice axis."""
         self._ensure_live_layers()
+        idx = [slice(None)] * labels.ndim
+        if self.is_3d:
+            idx[self.state.axis] = where
+        idx = tuple(idx)
         layers = self.viewer.layers
-        layers[PSEUDO].data[...] = pred.labels  # in place: the layer is never re-created
+        layers[PSEUDO].data[idx] = labels
         layers[PSEUDO].refresh()
-        layers[UNCERTAINTY].data[...] = pred.uncertainty
+        layers[UNCERTAINTY].data[idx] = uncertainty
         layers[UNCERTAINTY].refresh()
         if self.show_uncertain_regions:
-            layers[UNCERTAIN_REGIONS].data[...] = (pred.uncertainty > self.uncertainty_threshold).astype(np.uint8)
+            layers[UNCERTAIN_REGIONS].data[idx] = (uncertainty > self.uncertainty_threshold).astype(np.uint8)
             layers[UNCERTAIN_REGIONS].refresh()
-        self.state.slice_scores = np.asarray(pred.slice_scores)
+
+    def follow_view(self, event=None) -> None:
+        """The slice on screen is the one the next live refresh predicts first."""
+        if self.trainer is not None and self.state.labels_layer is not None and self.is_3d:
+            self.trainer.set_focus(self.current_slice())
 
     def set_uncertain_regions(self, show: bool, threshold: float | None = None) -> None:
         self.show_uncertain_regions = show
@@ -466,11 +498,12 @@ class SessionController:
             raise InputError("No prediction yet: press Train and wait for the first pseudo-labels.")
         labeled = self.labeled_slices()
         scores = np.asarray(self.state.slice_scores, float).copy()
+        scores[np.isnan(scores)] = -np.inf  # not predicted yet: the sweep has not reached it
         for i in labeled:
             if i < len(scores):
                 scores[i] = -np.inf
         if not np.isfinite(scores).any():
-            raise InputError("Every slice is labeled: nothing left to review.")
+            raise InputError("Every slice scored so far is labeled: label more, or wait for the next refresh.")
         best = int(np.argmax(scores))
         self.go_to_slice(best)
         return best

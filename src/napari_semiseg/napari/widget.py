@@ -117,9 +117,19 @@ class SemisegWidget(QWidget):
         self.advanced.setChecked(False)
         aform = QFormLayout(self.advanced)
         d = TrainConfig()
-        self.batch_spin = _spin(2, 64, d.batch_size, "batch_spin")
-        self.labeled_batch_spin = _spin(1, 64, d.labeled_batch, "labeled_batch_spin")
-        self.max_side_spin = _spin(32, 1024, d.max_side, "max_side_spin", step=16)
+        self.batch_spin = _spin(0, 64, 0, "batch_spin")
+        self.batch_spin.setSpecialValueText("auto")
+        self.labeled_batch_spin = _spin(0, 64, 0, "labeled_batch_spin")
+        self.labeled_batch_spin.setSpecialValueText("auto")
+        self.patch_spin = _spin(0, 1024, 0, "patch_spin", step=16)
+        self.patch_spin.setSpecialValueText("auto")
+        self.patch_spin.setToolTip("Side of the training patches, in working pixels; auto: 256 on a CPU, 512 on a "
+                                   "GPU, or the whole slice when it is smaller")
+        self.scale_spin = QDoubleSpinBox(objectName="scale_spin", decimals=2, singleStep=0.25)
+        self.scale_spin.setRange(0.1, 1.0)
+        self.scale_spin.setValue(d.scale)
+        self.scale_spin.setToolTip("Working resolution: 1 = the image's own; 0.5 trains and predicts at half "
+                                   "(faster, but thin structures may vanish)")
         self.context_spin = _spin(0, 3, d.context, "context_spin")
         self.refresh_spin = _spin(1, 120, int(d.refresh_seconds), "refresh_spin")
         self.lr_spin = QDoubleSpinBox(objectName="lr_spin", decimals=5, singleStep=1e-4)
@@ -134,7 +144,8 @@ class SemisegWidget(QWidget):
         self.unlabeled_source_combo = QComboBox(objectName="unlabeled_source_combo")
         self.unlabeled_source_combo.addItems(["real", "extra", "both"])
         for label, w in (("Batch size", self.batch_spin), ("Labeled per batch", self.labeled_batch_spin),
-                         ("Max working side", self.max_side_spin), ("Context slices", self.context_spin),
+                         ("Patch size", self.patch_spin), ("Working scale", self.scale_spin),
+                         ("Context slices", self.context_spin),
                          ("Refresh every (s)", self.refresh_spin), ("Learning rate", self.lr_spin),
                          ("Seed", self.seed_spin), ("Method settings", self.method_settings_edit),
                          ("Unlabeled folder", self.unlabeled_dir_edit),
@@ -213,9 +224,10 @@ class SemisegWidget(QWidget):
         except ValueError as err:
             raise InputError(f"{method}: {err}") from None
         return TrainConfig(method=method, device=self.device_combo.currentText(),
-                           minutes=minutes, batch_size=self.batch_spin.value(),
-                           labeled_batch=min(self.labeled_batch_spin.value(), self.batch_spin.value()),
-                           max_side=self.max_side_spin.value(), context=self.context_spin.value(),
+                           minutes=minutes, batch_size=self.batch_spin.value() or None,
+                           labeled_batch=(min(self.labeled_batch_spin.value(), self.batch_spin.value() or 64) or None),
+                           patch_size=self.patch_spin.value() or None, scale=self.scale_spin.value(),
+                           context=self.context_spin.value(),
                            refresh_seconds=float(self.refresh_spin.value()), lr=self.lr_spin.value(),
                            seed=self.seed_spin.value(),
                            method_settings=settings,
@@ -260,6 +272,7 @@ class SemisegWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refill_layers)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.dims.events.current_step.connect(self._schedule_refresh)
+        self.viewer.dims.events.current_step.connect(self.controller.follow_view)
         # closing the viewer window never reaches a dock widget's closeEvent: watch the window itself
         window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
         if window is not None:
