@@ -4,7 +4,11 @@ A 10 ms QTimer heartbeat runs during training; every gap above 10 ms is a stall 
 Prints p50 / p99 / max gap and the time from pressing Train to the first pseudo-label refresh.
 Run under a display (xvfb-run -a on a headless machine):
 
-    xvfb-run -a .venv/bin/python benchmarks/responsiveness.py [--seconds 30]
+    xvfb-run -a .venv/bin/python benchmarks/responsiveness.py [--seconds 30] [--ct]
+
+``--ct`` uses a synthetic 512x512x300 float32 CT-like volume (315 MB) instead of the sample, and also
+reports when every slice had been refreshed once (the live sweep) and the first refresh of the
+slice on screen.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--ct", action="store_true", help="a synthetic 512x512x300 CT-like volume instead of the sample")
     args = ap.parse_args()
     import napari
     from qtpy.QtCore import QTimer
@@ -29,19 +34,36 @@ def main():
     from napari_semiseg.samples import sample_labels
 
     viewer = napari.Viewer(show=True)
-    viewer.open_sample("napari-semiseg", "hippocampus")
+    if args.ct:
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).parent))
+        from memory_native import ct_arrays
+
+        vol, ref = ct_arrays()
+        viewer.add_image(vol, name="ct", colormap="gray", contrast_limits=(-200, 400))
+        viewer.add_labels(np.zeros(vol.shape, np.uint8), name="annotations")
+        axis, n_slices, painted = 0, 300, (100, 150, 200)
+    else:
+        viewer.open_sample("napari-semiseg", "hippocampus")
+        ref = read_labels(sample_labels()).data
+        axis, n_slices = 2, 35
+        painted = evenly_spaced_slices(ref, 2, 3)
     _, widget = viewer.window.add_plugin_dock_widget("napari-semiseg", "Semi-supervised segmentation")
-    widget.axis_spin.setValue(2)
-    ref = read_labels(sample_labels()).data
+    widget.axis_spin.setValue(axis)
     labels = viewer.layers["annotations"]
-    for i in evenly_spaced_slices(ref, 2, 3):
-        labels.data[:, :, i] = ref[:, :, i]
+    for i in painted:
+        idx = [slice(None)] * 3
+        idx[axis] = i
+        labels.data[tuple(idx)] = ref[tuple(idx)]
     labels.refresh()
+    viewer.dims.set_point(axis, 120 if args.ct else 17)
     app = QApplication.instance()
     c = widget.controller
 
     gaps, last, big = [], [None], []
-    first_refresh = [None]
+    first_refresh, swept = [None], [None]
 
     def beat():
         now = time.perf_counter()
@@ -50,8 +72,11 @@ def main():
             if gaps[-1] > 100:
                 big.append((round(now - t_train, 2), round(gaps[-1])))
         last[0] = now
-        if first_refresh[0] is None and c.state.slice_scores is not None:
-            first_refresh[0] = now
+        scores = c.state.slice_scores
+        if first_refresh[0] is None and scores is not None and np.isfinite(scores[c.current_slice()]):
+            first_refresh[0] = now  # the slice on screen has its pseudo-labels
+        if swept[0] is None and scores is not None and np.isfinite(scores).all():
+            swept[0] = now
 
     timer = QTimer()
     timer.setInterval(10)
@@ -61,8 +86,9 @@ def main():
     widget.findChild(QPushButton, "train_button").click()
     while time.perf_counter() - t_train < args.seconds:
         app.processEvents()
-        # the viewer is used meanwhile: move through slices as a reviewing user would
-        viewer.dims.set_point(2, (int((time.perf_counter() - t_train) * 4) % 35))
+        # the viewer is used meanwhile: move through slices as a reviewing user would (after the first refresh)
+        if first_refresh[0] is not None:
+            viewer.dims.set_point(axis, (int((time.perf_counter() - t_train) * 4) % n_slices))
         time.sleep(0.002)
     c.stop()
     while c.running:
@@ -77,7 +103,9 @@ def main():
           f"(stall beyond the 10 ms tick: p99 {np.percentile(stall, 99):.1f}, max {stall.max():.1f})")
     print(f"stalls over 100 ms (s after Train, ms): {big}")
     first = (first_refresh[0] - t_train) if first_refresh[0] else float("nan")
-    print(f"time from Train to first pseudo-labels: {first:.2f} s")
+    print(f"time from Train to first pseudo-labels on the slice on screen: {first:.2f} s")
+    sweep = (swept[0] - t_train) if swept[0] else float("nan")
+    print(f"time from Train until every slice had been refreshed once: {sweep:.1f} s")
     viewer.close()
 
 

@@ -30,7 +30,7 @@ def test_tiling_gives_back_the_image_and_a_constant_without_seams(shape):
 
 def test_a_small_image_is_padded_never_resized():
     assert choose_patch([(35, 51)], None, "cpu") == 64
-    assert choose_patch([(999, 960)], None, "cpu") == 256 and choose_patch([(999, 960)], None, "cuda") == 512
+    assert choose_patch([(999, 960)], None, "cpu") == 128 and choose_patch([(999, 960)], None, "cuda") == 512
     assert choose_patch([(999, 960)], 100, "cpu") == 112  # the user's, rounded to the network's multiple
     vol = Volume(np.random.default_rng(0).random((3, 35, 51)).astype(np.float32))
     assert vol.geometry().working == (35, 51)

@@ -358,3 +358,26 @@ def test_closing_the_viewer_mid_training_then_reopening_brings_back_labels_and_m
     qtbot.waitUntil(lambda: c2.trainer is not None, timeout=30000)
     assert c2.trainer.iteration >= iteration  # the autosaved model continues
     c2.shutdown()
+
+
+def test_live_refresh_follows_the_slice_on_screen_and_next_uncertain_uses_the_latest_scores(session, qtbot):
+    viewer, widget = session
+    c = widget.controller
+    paint_reference(viewer.layers["annotations"])
+    c.go_to_slice(30)
+    click(widget, "train_button")
+    qtbot.waitUntil(lambda: c.trainer is not None, timeout=30000)
+    assert c.trainer.focus == (0, 30)  # the slice on screen when Train was pressed
+    qtbot.waitUntil(lambda: c.state.slice_scores is not None and np.isfinite(c.state.slice_scores[30]),
+                    timeout=60000)
+    c.go_to_slice(5)  # the user moves: the next refresh predicts slice 5 first
+    qtbot.waitUntil(lambda: c.trainer.focus == (0, 5), timeout=5000)
+    scores = np.array(c.state.slice_scores)
+    best = c.next_uncertain_slice()
+    finite = np.where(np.isfinite(scores))[0]
+    assert best in finite and best not in PAINTED
+    pseudo = viewer.layers[PSEUDO].data
+    assert pseudo.shape == viewer.layers["hippocampus MRI"].data.shape
+    click(widget, "stop_button")
+    qtbot.waitUntil(lambda: not c.running, timeout=60000)
+    assert np.isfinite(c.state.slice_scores).all()  # the last report carries the whole volume

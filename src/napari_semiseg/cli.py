@@ -226,6 +226,8 @@ def cmd_evaluate(args) -> int:
         check_output_file(args.json, [args.pred, args.ref], "metrics")
     pred = read_labels(args.pred)
     ref = read_labels(args.ref)
+    pred.data = _binary_mask_as_class_one(pred.data, Path(args.pred).name)
+    ref.data = _binary_mask_as_class_one(ref.data, Path(args.ref).name)
     if pred.data.shape != ref.data.shape:
         raise InputError(f"The prediction has shape {pred.data.shape} but the reference has "
                          f"{ref.data.shape}; they must match.")

@@ -35,9 +35,13 @@ def image_key(data, source_path: str | None = None) -> str:
     h.update(repr((tuple(data.shape), str(data.dtype))).encode())
     if source_path:
         h.update(os.path.realpath(source_path).encode())
-    step = max(1, int(np.ceil((np.prod(data.shape, dtype=np.float64) / SAMPLE_VOXELS) ** (1 / max(1, data.ndim)))))
-    sample = np.ascontiguousarray(np.asarray(data[tuple(slice(None, None, step) for _ in data.shape)]))
-    h.update(sample.tobytes())
+    if isinstance(data, np.ndarray):
+        step = max(1, int(np.ceil((np.prod(data.shape, dtype=np.float64) / SAMPLE_VOXELS) ** (1 / max(1, data.ndim)))))
+        parts = [data[tuple(slice(None, None, step) for _ in data.shape)]]
+    else:  # a lazy array (dask, zarr): three slices, so that keying it reads three chunks, not all of them
+        parts = [data[int(i)] for i in sorted({0, data.shape[0] // 2, data.shape[0] - 1})]
+    for part in parts:
+        h.update(np.ascontiguousarray(np.asarray(part)).tobytes())
     return h.hexdigest()[:16]
 
 

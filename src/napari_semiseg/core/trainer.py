@@ -47,7 +47,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "poly"  # "poly" | "constant"
-    patch_size: int | None = None  # training patch side; None: 256 on a CPU, 512 on a GPU (a small image's own)
+    patch_size: int | None = None  # training patch side; None: 128 on a CPU, 512 on a GPU (a small image's own)
     scale: float = 1.0  # working resolution: 1 = the image's own; 0.5 trains and predicts at half
     foreground_fraction: float = 0.33  # share of labeled patches centred on a labeled foreground pixel
     window_overlap: float = 0.25  # sliding-window prediction: overlap of neighbouring windows

@@ -85,9 +85,9 @@ class WorkingGeometry:
 
 
 def choose_patch(working_shapes: list[tuple[int, int]], requested: int | None, device_type: str) -> int:
-    """The training patch side: the user's, else by device (CPU 256, GPU 512), never larger than the
+    """The training patch side: the user's, else by device (CPU 128, GPU 512), never larger than the
     largest working slice needs; a multiple of 16 (four 2x poolings in UNet2D)."""
-    side = requested or (256 if device_type == "cpu" else 512)
+    side = requested or (128 if device_type == "cpu" else 512)
     largest = max(max(s) for s in working_shapes)
     return int(np.ceil(min(side, largest) / NETWORK_MULTIPLE) * NETWORK_MULTIPLE)
 

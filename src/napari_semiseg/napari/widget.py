@@ -123,7 +123,7 @@ class SemisegWidget(QWidget):
         self.labeled_batch_spin.setSpecialValueText("auto")
         self.patch_spin = _spin(0, 1024, 0, "patch_spin", step=16)
         self.patch_spin.setSpecialValueText("auto")
-        self.patch_spin.setToolTip("Side of the training patches, in working pixels; auto: 256 on a CPU, 512 on a "
+        self.patch_spin.setToolTip("Side of the training patches, in working pixels; auto: 128 on a CPU, 512 on a "
                                    "GPU, or the whole slice when it is smaller")
         self.scale_spin = QDoubleSpinBox(objectName="scale_spin", decimals=2, singleStep=0.25)
         self.scale_spin.setRange(0.1, 1.0)
