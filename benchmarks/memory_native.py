@@ -3,7 +3,7 @@ volume (315 MB) and a 3504x2336 RGB photograph.
 
     .venv/bin/python benchmarks/memory_native.py [--src SRC_DIR] [--threads 1]
 
-Each measurement runs in its own process, which reports its peak resident memory (ru_maxrss):
+Each measurement runs in its own process, which reports its peak resident memory (VmHWM):
 reading the image + two training steps (and the model save), then reading it + predicting it whole
 with the saved model. ``--src`` measures another checkout's code (e.g. the commit before issue 11).
 """
@@ -19,8 +19,17 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-TRAIN = textwrap.dedent("""
-    import json, resource, sys, time
+# peak resident memory of this process: VmHWM, not ru_maxrss, which Linux carries over from the
+# parent across fork and exec (a child would report at least the parent's size)
+PEAK = textwrap.dedent("""
+    def peak_mb():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+""")
+
+TRAIN = PEAK + textwrap.dedent("""
+    import json, sys, time
     from napari_semiseg.core.io import read_image, read_labels
     from napari_semiseg.core.trainer import TrainConfig, Trainer
     from napari_semiseg.core.volume import Volume
@@ -33,12 +42,11 @@ TRAIN = textwrap.dedent("""
                                          first_refresh_seconds=1e9, refresh_seconds=1e9, final_prediction=False),
                       out_dir=out)
     trainer.train()
-    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "seconds": time.perf_counter() - t0, "image_mb": img.data.nbytes / 2**20}))
+    print(json.dumps({"peak_mb": peak_mb(), "seconds": time.perf_counter() - t0, "image_mb": img.data.nbytes / 2**20}))
 """)
 
-PREDICT = textwrap.dedent("""
-    import json, resource, sys, time
+PREDICT = PEAK + textwrap.dedent("""
+    import json, sys, time
     from napari_semiseg.core.io import read_image
     try:
         from napari_semiseg.core.checkpoint import load_method, predict_with_model, volume_for_model
@@ -53,7 +61,7 @@ PREDICT = textwrap.dedent("""
     t0 = time.perf_counter()
     pred = predict_with_model(method, meta, vol, device="cpu")
     dt = time.perf_counter() - t0
-    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": dt,
+    print(json.dumps({"peak_mb": peak_mb(), "seconds": dt,
                       "seconds_per_slice": dt / vol.n_slices, "image_mb": img.data.nbytes / 2**20}))
 """)
 

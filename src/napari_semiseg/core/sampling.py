@@ -116,7 +116,7 @@ class TwoStreamSampler:
     def next(self) -> Batch:
         pairs = [self._labeled_patch(vi, s) for vi, s in self._labeled.take(self.labeled_batch)]
         x_l = torch.stack([p[0] for p in pairs])
-        y_l = torch.stack([p[1] for p in pairs])
+        y_l = torch.stack([p[1] for p in pairs]).long()
         x_u = torch.stack([self._unlabeled_patch(vi, s) for vi, s in self._unlabeled.take(self.unlabeled_batch)]) \
             if self.unlabeled_batch else x_l[:0]
         if self.augment:

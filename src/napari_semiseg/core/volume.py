@@ -130,7 +130,8 @@ class Volume:
         if not np.all(np.isfinite(self._bounds)):
             raise InputError("The intensity window is not finite: give finite normalisation bounds.")
         self.non_finite_voxels = count_non_finite(self.image)
-        self._cache = _SliceCache()
+        slice_bytes = int(np.prod(self.slice_shape)) * self.n_channels * 4
+        self._cache = _SliceCache(max(64 << 20, 4 * slice_bytes))  # a photograph's own slice must stay in
 
     # ---- shape
     @property
@@ -185,11 +186,14 @@ class Volume:
 
     def normalised_slice(self, i: int) -> np.ndarray:
         """(C, H, W) float32 in [0, 1]."""
-        raw = self.raw_image_slice(i).astype(np.float32, copy=False)
+        raw = self.raw_image_slice(i)
         raw = raw[None] if not self.channels else np.moveaxis(raw, -1, 0)
         lo = self._bounds[:, 0, None, None]
         hi = self._bounds[:, 1, None, None]
-        out = np.clip((raw - lo) / (hi - lo), 0.0, 1.0).astype(np.float32, copy=False)
+        out = np.array(raw, dtype=np.float32)  # one full-size copy; the rest happens in place
+        out -= lo
+        out /= hi - lo
+        np.clip(out, 0.0, 1.0, out=out)
         if self.non_finite_voxels:
             np.nan_to_num(out, copy=False, nan=0.0)  # +-Inf were clipped to 1 and 0; NaN is the darkest value
         return out
@@ -204,13 +208,15 @@ class Volume:
         return hit
 
     def working_label(self, i: int, geometry: WorkingGeometry) -> torch.Tensor:
-        """(h, w) int64 label of a labeled slice at the working resolution; refuses unlabeled slices."""
+        """(h, w) uint8 label of a labeled slice at the working resolution; refuses unlabeled slices.
+
+        Kept as uint8 (classes go to 255): a photograph's int64 label map would be 65 MB."""
         if i not in self.labeled:
             raise KeyError(f"slice {i} is not labeled")
         key = ("lab", i, geometry.scale)
         hit = self._cache.get(key)
         if hit is None:
-            y = torch.from_numpy(self.raw_label_slice(i).astype(np.int64))[None, None]
+            y = torch.from_numpy(np.ascontiguousarray(self.raw_label_slice(i), dtype=np.uint8))[None, None]
             hit = self._cache.put(key, geometry.to_working(y, "nearest")[0, 0].contiguous())
         return hit
 
@@ -244,13 +250,14 @@ class Volume:
 
 
 class _SliceCache:
-    """Working slices by key, least recently used first out, within a memory budget.
+    """Working slices by key, least recently used first out, within a memory budget (64 MB).
 
     A 300-slice CT at 512x512 would otherwise keep 300 MB of float32 slices alive; the labeled
-    slices, which training revisits every few steps, stay in.
+    slices, which training revisits every few steps, stay in, and prediction needs only a slice's
+    neighbours (its context) at a time.
     """
 
-    def __init__(self, max_bytes: int = 256 << 20):
+    def __init__(self, max_bytes: int = 64 << 20):
         from collections import OrderedDict
 
         self.max_bytes, self.bytes, self.items = max_bytes, 0, OrderedDict()
