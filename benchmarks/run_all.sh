@@ -54,3 +54,18 @@ wait
 # safety (issue 10): the readers' fuzz harness at length, and what checkpoints and autosaves cost
 .venv/bin/python benchmarks/fuzz_readers.py --seeds 100 --cases 1200 > $OUT/fuzz_readers.log 2>&1
 .venv/bin/python benchmarks/save_costs.py > $OUT/save_costs.log 2>&1
+# native resolution (issue 11): the quick CHASE check, memory at real sizes, the viewer on a CT, and
+# the protocols again (two runs side by side, one core each)
+bash benchmarks/chase_quick.sh .venv/bin/napari-semiseg $OUT/chase_quick > $OUT/chase_quick.log 2>&1
+.venv/bin/python benchmarks/memory_native.py > $OUT/memory_native.log 2>&1
+xvfb-run -a .venv/bin/python benchmarks/responsiveness.py --ct --seconds 300 > $OUT/responsiveness_ct.log 2>&1
+$BIN benchmark ../shared/data/chase_db1 --protocol dataset --test-count 8 --minutes 10 --threads 1 \
+     --methods supervised,mean-teacher,bcp,sra-seg --json $OUT/native_chase_a.json > $OUT/native_chase_a.log 2>&1 &
+$BIN benchmark ../shared/data/chase_db1 --protocol dataset --test-count 8 --minutes 10 --threads 1 \
+     --methods sgrs-net,barl,transmedseg --json $OUT/native_chase_b.json > $OUT/native_chase_b.log 2>&1 &
+wait
+$BIN benchmark $HIPPO --protocol session --volumes 10 --k 3 --seconds 60 --axis 2 --methods supervised --threads 1 \
+     --json $OUT/native_session_sup.json > $OUT/native_session_sup.log 2>&1 &
+$BIN benchmark $HIPPO --protocol session --volumes 10 --k 3 --seconds 60 --axis 2 --methods mean-teacher --threads 1 \
+     --json $OUT/native_session_mt.json > $OUT/native_session_mt.log 2>&1 &
+wait
