@@ -4,7 +4,8 @@
 ``refresh_seconds`` a report also carries the predictor's (EMA teacher's) prediction of a few
 slices: the one the user is looking at (``set_focus``) and its neighbours first, then the next
 slices of a rolling sweep, as many as ``refresh_budget_seconds`` allows, so the whole volume is
-covered every few refreshes however large it is. The last report carries every volume whole. Between steps it accepts, through ``generator.send``, a :class:`LabelUpdate`; ``pause``,
+covered every few refreshes however large it is. The last report carries every volume whole.
+Between steps it accepts, through ``generator.send``, a :class:`LabelUpdate`; ``pause``,
 ``resume`` and ``stop`` may be called from another thread. The trainer never touches a GUI.
 """
 
