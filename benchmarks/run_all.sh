@@ -69,3 +69,6 @@ $BIN benchmark $HIPPO --protocol session --volumes 10 --k 3 --seconds 60 --axis 
 $BIN benchmark $HIPPO --protocol session --volumes 10 --k 3 --seconds 60 --axis 2 --methods mean-teacher --threads 1 \
      --json $OUT/native_session_mt.json > $OUT/native_session_mt.log 2>&1 &
 wait
+# the same, seed 1 (the seed alone moves supervised by 0.05 with three labeled slices); "before" = the old code's PYTHONPATH
+$BIN benchmark $HIPPO --protocol session --volumes 10 --k 3 --seconds 60 --axis 2 --methods supervised --threads 1 \
+     --seed 1 --json $OUT/native_session_sup_seed1.json > $OUT/native_session_sup_seed1.log 2>&1
