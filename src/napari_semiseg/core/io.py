@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .files import atomic_write, check_output_file
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -573,8 +574,6 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, source: SourceInfo
 
 def check_export_path(path: str | os.PathLike, inputs, what: str) -> Path:
     """An export path of a format we write, in a writable folder, and none of ``inputs``."""
-    from .files import check_output_file
-
     path = Path(path)
     if suffix_of(path) not in LABEL_WRITE_SUFFIXES:
         raise _unsupported(path, LABEL_WRITE_SUFFIXES)
@@ -584,12 +583,6 @@ def check_export_path(path: str | os.PathLike, inputs, what: str) -> Path:
 def _check_output(path: str | os.PathLike, source: SourceInfo | None, what: str) -> Path:
     """The scan the data were drawn on is an input of every export."""
     return check_export_path(path, [source.path] if source is not None and source.path else [], what)
-
-
-def atomic_write(path: Path, writer, what: str, suffix: str = "") -> Path:
-    from .files import atomic_write as _atomic
-
-    return _atomic(path, writer, what, suffix=suffix)
 
 
 def _write_tiff(tmp: str, labels: np.ndarray) -> None:
