@@ -168,6 +168,9 @@ def test_benchmark_dataset_protocol_on_ssl4mis_hdf5(tmp_path):
     assert res["n_train_volumes"] == 8 and res["n_labeled_volumes"] == 2 and res["test"] == ["patient002_frame01"]
     for m in ("supervised", "mean-teacher"):
         assert set(res["methods"][m]["teacher"]["mean"]) == {"dice", "jaccard", "hd95", "asd"}
+    compared = res["paired"]["mean-teacher"]  # paired against supervised over the test volumes
+    assert compared["baseline"] == "supervised" and compared["n"] == 1 and "p" in compared
+    assert "mean-teacher vs supervised" in r.stdout
 
 
 def test_benchmark_session_protocol_reports_interpolation_baseline(tmp_path, hippo_case):

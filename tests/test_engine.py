@@ -14,7 +14,7 @@ from napari_semiseg.core.io import InputError
 from napari_semiseg.core.losses import (masked_cross_entropy, normalised_entropy, one_hot, sigmoid_rampup,
                                         soft_dice_loss, supervised_loss)
 from napari_semiseg.core.methods import build_method
-from napari_semiseg.core.methods.base import TrainState
+from napari_semiseg.core.methods.base import MIN_RAMP_ITERATIONS, TrainState
 from napari_semiseg.core.sampling import TwoStreamSampler, augment_pairs
 from napari_semiseg.core.checkpoint import load_method
 from napari_semiseg.core.trainer import LabelUpdate, TrainConfig, Trainer
@@ -99,8 +99,20 @@ def test_ema_updates_parameters_and_batchnorm_statistics():
 
 
 def test_ramp_position_follows_budget_or_iterations():
-    assert TrainState(10, 0.15).ramp(0.3, 999) == pytest.approx(0.5)
+    assert TrainState(1000, 0.15).ramp(0.3, 999) == pytest.approx(0.5)
     assert TrainState(300, None).ramp(0.3, 600) == pytest.approx(0.5)
+
+
+def test_no_ramp_or_warm_up_ends_before_its_minimum_steps_however_far_the_clock_is():
+    # a slow or busy machine: 90 % of the time budget gone after 50 steps
+    slow = TrainState(50, 0.9)
+    assert slow.ramp(0.3, 600) == pytest.approx(50 / MIN_RAMP_ITERATIONS)
+    assert slow.ramp(1.0, 2000) == pytest.approx(50 / MIN_RAMP_ITERATIONS)
+    assert slow.within(0.25, 300)  # still pre-training
+    assert not TrainState(MIN_RAMP_ITERATIONS, 0.9).within(0.25, 300)
+    assert TrainState(MIN_RAMP_ITERATIONS, 0.9).ramp(0.3, 600) == 1.0
+    # a zero-length ramp or warm-up is none
+    assert TrainState(0, 0.0).ramp(0.0, 600) == 1.0 and not TrainState(0, 0.0).within(0.0, 300)
 
 
 # ------------------------------------------------------------------------------------------ volume & sampling

@@ -108,7 +108,7 @@ def test_bcp_pretrains_on_labeled_pairs_then_starts_the_teacher_from_the_student
     assert not bool(bcp.self_training)
     with torch.no_grad():
         bcp.student.head.bias.add_(1.0)
-    bcp.training_step(batch, TrainState(5, 0.6))
+    bcp.training_step(batch, TrainState(500, 0.6))  # past the budget's half and the minimum steps
     assert bool(bcp.self_training)
     assert torch.equal(bcp.teacher.head.bias, bcp.student.head.bias)
 
@@ -386,3 +386,38 @@ def test_volume_synthetic_images_have_the_volume_channels(tmp_path):
     folder = write_standin_synthetic([v], tmp_path / "s", 2)
     trainer = Trainer([v], fast_config(unlabeled_dir=str(folder), unlabeled_source="extra"))
     assert trainer.sampler.next().x_u.shape[1] == 3
+
+
+# ------------------------------------------------------------------------------------------ mean teacher warm-up
+
+def test_mean_teacher_warm_up_is_supervised_until_the_student_agrees_with_the_labels():
+    torch.manual_seed(0)
+    mt = build_method("mean-teacher", 1, 2, {"warmup": "agreement", "warmup_agreement": 0.7})
+    batch = Batch(torch.rand(2, 1, 16, 16), torch.randint(0, 2, (2, 16, 16)), torch.rand(2, 1, 16, 16))
+    early = TrainState(10, 0.1)
+    assert not mt.needs_unlabeled(early)
+    out = mt.training_step(batch, early)
+    assert "consistency" not in out and "agreement" in out
+    mt.agreement = 0.9  # agrees, but too few steps yet
+    assert not mt.needs_unlabeled(TrainState(50, 0.2))
+    assert mt.needs_unlabeled(TrainState(250, 0.2))
+    # the consistency ramp starts where the warm-up ended, not at the start of training
+    out = mt.training_step(batch, TrainState(251, 0.21))
+    assert "consistency" in out and float(out["consistency_weight"]) < 0.01 * mt.settings.consistency
+
+
+def test_mean_teacher_warm_up_ends_at_its_share_of_the_budget_even_without_agreement():
+    mt = build_method("mean-teacher", 1, 2, {"warmup": "agreement", "warmup_fraction": 0.5})
+    assert not mt.needs_unlabeled(TrainState(400, 0.4))
+    assert mt.needs_unlabeled(TrainState(401, 0.5))
+
+
+def test_a_warming_mean_teacher_trains_without_drawing_unlabeled_patches():
+    vol = tiny_volume(labeled=(1, 4))
+    t = Trainer([vol], fast_config(method="mean-teacher", iterations=3,
+                                   method_settings={"warmup": "agreement", "warmup_fraction": 1.0}))
+    drawn = []
+    original = t.sampler.next
+    t.sampler.next = lambda with_unlabeled=True: drawn.append(with_unlabeled) or original(with_unlabeled)
+    last = t.train()
+    assert drawn == [False, False, False] and "consistency" not in last.losses

@@ -80,17 +80,25 @@ def _parser() -> argparse.ArgumentParser:
                     help="distances in mm from the reference's voxel spacing (default: voxels, as the field reports)")
     ev.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
 
-    bm = sub.add_parser("benchmark", help="measure methods on real data (dataset or session protocol)")
+    bm = sub.add_parser("benchmark", help="measure methods on real data (dataset, session or loop protocol)")
     bm.add_argument("data", help="folder with images/ and labels/ (NIfTI/TIFF), or an SSL4MIS HDF5 folder")
-    bm.add_argument("--protocol", required=True, choices=["dataset", "session"])
+    bm.add_argument("--protocol", required=True, choices=["dataset", "session", "loop"],
+                    help="dataset: the field's split; session: K labeled slices per volume; loop: K slices, "
+                         "then rounds of proposing a slice and correcting it")
     bm.add_argument("--methods", default="supervised,mean-teacher",
                     help="comma-separated methods, each optionally with settings: sra-seg[sa_mode=off,blend=hard]")
     bm.add_argument("--axis", type=int, default=0, help="slice axis of 3D volumes (display order)")
-    bm.add_argument("--volumes", type=AT_LEAST_ONE, help="session: use the first N volumes (sorted names)")
-    bm.add_argument("--k", type=AT_LEAST_ONE, default=3, help="session: labeled slices per volume")
+    bm.add_argument("--volumes", type=AT_LEAST_ONE, help="session, loop: use the first N volumes (sorted names)")
+    bm.add_argument("--k", type=AT_LEAST_ONE, default=3, help="session, loop: labeled slices per volume to start with")
     bm.add_argument("--selection", default="even", choices=["even", "uncertainty"],
                     help="session: K evenly spaced slices, or K-1 then the teacher's most uncertain one")
-    bm.add_argument("--seconds", type=POSITIVE, default=60.0, help="session: training seconds per method and volume")
+    bm.add_argument("--seconds", type=POSITIVE, default=60.0,
+                    help="session: training seconds per method and volume; loop: before the first round")
+    bm.add_argument("--rounds", type=AT_LEAST_ONE, default=3, help="loop: slices proposed and corrected")
+    bm.add_argument("--round-seconds", type=POSITIVE, default=20.0, help="loop: training seconds after each correction")
+    bm.add_argument("--policies", default="gain,spacing",
+                    help="loop: how the next slice is proposed, comma-separated: gain (the widget's), "
+                         "uncertainty (the most uncertain slice), spacing (the widest gap between labels)")
     bm.add_argument("--anisotropic", type=AT_LEAST_ONE, default=1, metavar="STEP",
                     help="session: keep every STEP-th slice along the axis (thick slices)")
     bm.add_argument("--warm-start", action="store_true",
@@ -395,7 +403,12 @@ def cmd_benchmark(args) -> int:
                                     iterations=args.iterations, labeled_fraction=args.labeled_fraction,
                                     max_test=args.max_test, test_count=args.test_count, base_config=cfg,
                                     progress=True)
+        if len(result["methods"]) > 1:
+            result["paired"] = bm.paired_against(bm.dataset_per_volume_dice(result))
         _print_dataset(result)
+        _print_paired(result.get("paired", {}))
+    elif args.protocol == "loop":
+        result = _loop(args, bm, methods, cfg, data)
     else:
         result = _session(args, bm, methods, cfg, data)
     if args.json:
@@ -431,10 +444,54 @@ def _session(args, bm, methods, cfg, data) -> dict:
         mean[m] = float(np.mean([r.methods[m]["dice"] for r in rows]))
         mean[m + " (student)"] = float(np.mean([r.methods[m]["student_dice"] for r in rows]))
     print("mean Dice on unlabeled slices: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
-    return {"protocol": "session", "k": args.k, "seconds": args.seconds, "iterations": args.iterations,
+    compared = bm.paired_against({m: [r.methods[m]["dice"] for r in rows] for m in methods}) if len(methods) > 1 else {}
+    _print_paired(compared)
+    return {"protocol": "session", "paired": compared, "k": args.k, "seconds": args.seconds, "iterations": args.iterations,
             "axis": args.axis,
             "anisotropic_step": args.anisotropic, "warm_start": bool(args.warm_start), "selection": args.selection,
             "volumes": [r.__dict__ for r in rows], "mean": mean}
+
+
+def _loop(args, bm, methods, cfg, data) -> dict:
+    from tqdm import tqdm
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    for p in policies:
+        if p not in ("gain", "uncertainty", "spacing"):
+            raise InputError(f"Unknown slice proposal '{p}': use gain, uncertainty or spacing.")
+    cases = bm.load_cases(data)
+    cases = cases[: args.volumes] if args.volumes else cases
+    out = {"protocol": "loop", "k": args.k, "rounds": args.rounds, "seconds": args.seconds,
+           "round_seconds": args.round_seconds, "iterations": args.iterations, "axis": args.axis,
+           "policies": policies, "methods": {}}
+    for m in methods:
+        rows = []
+        for c in tqdm(cases, desc=f"volumes ({m})", unit="vol"):
+            if args.anisotropic > 1:
+                c = bm.make_anisotropic(c, args.axis, args.anisotropic)
+            r = bm.run_loop(c, m, k=args.k, rounds=args.rounds, axis=args.axis, seconds=args.seconds,
+                            round_seconds=args.round_seconds, iterations=args.iterations, policies=policies,
+                            base_config=cfg)
+            rows.append(r)
+            tqdm.write(f"{r.case} {m}: " + "; ".join(
+                f"{pol} " + " ".join(f"{p['dice']:.3f}" for p in pts) for pol, pts in r.curves.items())
+                + f"; even K+R {r.even_engine['dice']:.3f}; ceiling {r.ceiling['dice']:.3f}")
+        summary = bm.loop_summary(rows)
+        print(f"{m}: Dice on the slices not labeled, by slices labeled {summary['labeled_counts']}")
+        for pol, curve in summary["curves"].items():
+            print(f"  {pol:>11}: engine " + " ".join(f"{x:.3f}" for x in curve["engine"])
+                  + " | interpolation " + " ".join(f"{x:.3f}" for x in curve["interpolation"]))
+        print("  even spacing: interpolation " + " ".join(f"{x:.3f}" for x in summary["even_interpolation"])
+              + f" | engine at {summary['labeled_counts'][-1]} slices {summary['even_engine']:.3f}"
+              + f" | ceiling (all labeled) {summary['ceiling']:.3f}")
+        out["methods"][m] = {"volumes": [r.__dict__ for r in rows], "summary": summary}
+    return out
+
+
+def _print_paired(compared: dict) -> None:
+    for m, c in compared.items():
+        print(f"{m} vs {c['baseline']}: {c['mean_difference']:+.3f} Dice, wins/losses {c['wins']}/{c['losses']} "
+              f"of {c['n']} (a difference within 0.005 is neither), Wilcoxon p = {c['p']:.3f}")
 
 
 def _print_dataset(result: dict) -> None:

@@ -163,6 +163,151 @@ def run_session(case: Case, methods: list[str], *, k: int = 3, axis: int = 0, se
     return result
 
 
+def paired_against(per_volume: dict[str, list[float]], baseline: str | None = None) -> dict[str, dict]:
+    """Each method's per-volume scores against the baseline's (supervised where it ran, else the
+    first method): mean difference, wins/losses beyond the tie margin, Wilcoxon p."""
+    from .comparison import paired
+
+    names = list(per_volume)
+    base = baseline or ("supervised" if "supervised" in names else names[0])
+    return {m: {"baseline": base, **paired(per_volume[base], per_volume[m]).__dict__}
+            for m in names if m != base}
+
+
+def dataset_per_volume_dice(result: dict, which: str = "teacher") -> dict[str, list[float]]:
+    """Mean foreground Dice of each test volume, per method, in test order (for paired_against)."""
+    out = {}
+    for m, r in result["methods"].items():
+        vols = r[which]["volumes"]
+        out[m] = [float(np.mean([c["dice"] for c in vols[name].values()])) for name in result["test"]]
+    return out
+
+
+# --------------------------------------------------------------------------------------------- loop
+
+@dataclass
+class LoopResult:
+    """One volume of the human-in-the-loop protocol. Each curve point: the slices labeled so far and
+    Dice on the slices not labeled (engine and shape-based interpolation from the same slices)."""
+
+    case: str
+    method: str
+    start: list[int]
+    curves: dict[str, list[dict]] = field(default_factory=dict)  # policy -> one point per round
+    even: list[dict] = field(default_factory=list)  # K, K+1, ... evenly spaced slices: interpolation
+    even_engine: dict = field(default_factory=dict)  # K+R evenly spaced slices, the whole budget
+    ceiling: dict = field(default_factory=dict)  # every slice labeled, the whole budget
+
+
+def train_in_rounds(trainer: Trainer, marks: list[float], on_round) -> object:
+    """Run ``trainer`` to the end; when its progress passes each mark, pause it (the clock stops),
+    call ``on_round(round)``, then let it go on. Returns the last report."""
+    gen = trainer.run()
+    report, r = next(gen), 0
+    while True:
+        if r < len(marks) and not (report.paused or report.finished) and report.progress is not None \
+                and report.progress >= marks[r]:
+            trainer.pause()
+            report = next(gen)  # paused from here: what on_round does is not charged to the budget
+            on_round(r)
+            r += 1
+            trainer.resume()
+        try:
+            report = next(gen)
+        except StopIteration:
+            if r < len(marks):
+                raise InputError(f"Training ended before round {r + 1} of {len(marks)}: the steps are too slow "
+                                 "for this budget; give the rounds more time.") from None
+            return report
+
+
+def run_loop(case: Case, method: str, *, k: int = 3, rounds: int = 3, axis: int = 0, seconds: float = 45.0,
+             round_seconds: float = 15.0, iterations: int | None = None, round_iterations: int | None = None,
+             policies=("gain", "spacing"), base_config: TrainConfig | None = None) -> LoopResult:
+    """A simulated user: K evenly spaced slices, train, then ``rounds`` times the tool proposes a
+    slice (``policies``: see proposal.propose_slice), the user corrects it (the reference labels of
+    that slice reach the trainer as a LabelUpdate, as Accept-and-correct sends them) and training
+    goes on. Beside each curve: interpolation from K, K+1, ... evenly spaced slices, the engine
+    trained on K+R evenly spaced slices and on the fully labeled volume (the ceiling) for the same
+    total budget. Budgets are in seconds, or in steps where ``iterations`` is given."""
+    from .proposal import propose_slice
+
+    classes = [c for c in np.unique(case.labels) if c != 0]
+    n = case.labels.shape[axis]
+    start = evenly_spaced_slices(case.labels, axis, k)
+    by_steps = iterations is not None
+    first, each = (iterations, round_iterations or max(1, iterations // 3)) if by_steps else (seconds, round_seconds)
+    total = first + rounds * each
+    marks = [(first + r * each) / total for r in range(rounds)]
+    variant = parse_variant(method)
+    if variant.wants_extra_unlabeled:
+        raise InputError("The loop protocol trains on the volume's own slices: leave out unlabeled_source.")
+    # a report every step, so that each round starts at its mark, not up to report_every steps late
+    cfg0 = replace(variant.apply(base_config or TrainConfig()), minutes=None if by_steps else total / 60.0,
+                   iterations=total if by_steps else None, report_every=1)
+    result = LoopResult(case.name, method, start)
+
+    def dice_off(pred, labeled):
+        return unlabeled_dice(pred, case.labels, sorted(labeled), axis, classes)
+
+    for policy in policies:
+        vol = Volume(case.image, labels_on_slices(case.labels, start, axis), set(start), axis=axis,
+                     channels=case.channels, name=case.name)
+        trainer = Trainer([vol], cfg0)
+        curve = result.curves.setdefault(policy, [])
+
+        def on_round(r, trainer=trainer, vol=vol, curve=curve, policy=policy):
+            pred = trainer.predict()[0]
+            labeled = sorted(vol.labeled)
+            curve.append({"labeled": labeled, "dice": dice_off(pred.labels, labeled),
+                          "interpolation": dice_off(interpolate_labels(case.labels, labeled, axis), labeled)})
+            chosen = sorted(set(labeled) | {propose_slice(pred.slice_scores, labeled, policy)})
+            trainer.update_labels(LabelUpdate(labels_on_slices(case.labels, chosen, axis), set(chosen)))
+
+        last = train_in_rounds(trainer, marks, on_round)
+        labeled = sorted(vol.labeled)
+        curve.append({"labeled": labeled, "dice": dice_off(last.prediction[0].labels, labeled),
+                      "interpolation": dice_off(interpolate_labels(case.labels, labeled, axis), labeled)})
+    for count in range(k, k + rounds + 1):
+        even = evenly_spaced_slices(case.labels, axis, count)
+        result.even.append({"labeled": even, "interpolation": dice_off(interpolate_labels(case.labels, even, axis),
+                                                                       even)})
+    for key, labeled in (("even_engine", evenly_spaced_slices(case.labels, axis, k + rounds)),
+                         ("ceiling", list(range(n)))):
+        vol = Volume(case.image, labels_on_slices(case.labels, labeled, axis), set(labeled), axis=axis,
+                     channels=case.channels, name=case.name)
+        last = Trainer([vol], cfg0).train()
+        # the ceiling is scored where the start slices are not: every slice it trained on but those
+        scored = labeled if key == "even_engine" else start
+        setattr(result, key, {"labeled": labeled, "dice": dice_off(last.prediction[0].labels, scored)})
+    return result
+
+
+def loop_summary(results: list[LoopResult]) -> dict:
+    """Mean curves over volumes, and each policy's last point against even spacing (paired)."""
+    from .comparison import paired
+
+    policies = list(results[0].curves)
+    rounds = len(results[0].curves[policies[0]])
+    out = {"labeled_counts": [len(p["labeled"]) for p in results[0].curves[policies[0]]], "curves": {}}
+    for pol in policies:
+        out["curves"][pol] = {
+            "engine": [float(np.mean([r.curves[pol][i]["dice"] for r in results])) for i in range(rounds)],
+            "interpolation": [float(np.mean([r.curves[pol][i]["interpolation"] for r in results]))
+                              for i in range(rounds)]}
+    out["even_interpolation"] = [float(np.mean([r.even[i]["interpolation"] for r in results])) for i in range(rounds)]
+    out["even_engine"] = float(np.mean([r.even_engine["dice"] for r in results]))
+    out["ceiling"] = float(np.mean([r.ceiling["dice"] for r in results]))
+    even_final = [r.even_engine["dice"] for r in results]
+    out["final_vs_even_engine"] = {pol: paired(even_final, [r.curves[pol][-1]["dice"] for r in results]).__dict__
+                                   for pol in policies}
+    if "spacing" in policies:
+        spacing = [r.curves["spacing"][-1]["dice"] for r in results]
+        out["final_vs_spacing"] = {pol: paired(spacing, [r.curves[pol][-1]["dice"] for r in results]).__dict__
+                                   for pol in policies if pol != "spacing"}
+    return out
+
+
 def train_warm_start(cases: list[Case], methods: list[str], out_dir: str | os.PathLike, *, axis: int,
                      minutes: float, base_config: TrainConfig | None = None) -> dict[str, str]:
     """Models trained on fully labeled other volumes: what a clinician has after the first cases."""

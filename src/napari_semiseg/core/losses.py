@@ -54,6 +54,20 @@ def supervised_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tens
                   + soft_dice_loss(probs, one_hot(target, logits.shape[1]), mask))
 
 
+@torch.no_grad()
+def labeled_agreement(logits: torch.Tensor, target: torch.Tensor) -> float:
+    """Dice of the network's hard prediction with the labels, averaged over the foreground classes
+    present in ``target`` (pooled over the batch); 1.0 when the batch holds no foreground."""
+    pred = logits.argmax(1)
+    scores = []
+    for c in target.unique().tolist():
+        if c == 0:
+            continue
+        p, g = pred == c, target == c
+        scores.append(2.0 * (p & g).sum().item() / max(1, p.sum().item() + g.sum().item()))
+    return float(sum(scores) / len(scores)) if scores else 1.0
+
+
 def normalised_entropy(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Predictive entropy divided by ln C: 0 for a certain prediction, 1 for a uniform one."""
     c = probs.shape[dim]

@@ -113,12 +113,12 @@ class TwoStreamSampler:
         x = self._input(vi, s)
         return _crop(x, None, *_window(x.shape[-2:], self.patch, None, self.rng), self.patch)[0]
 
-    def next(self) -> Batch:
+    def next(self, with_unlabeled: bool = True) -> Batch:
         pairs = [self._labeled_patch(vi, s) for vi, s in self._labeled.take(self.labeled_batch)]
         x_l = torch.stack([p[0] for p in pairs])
         y_l = torch.stack([p[1] for p in pairs]).long()
         x_u = torch.stack([self._unlabeled_patch(vi, s) for vi, s in self._unlabeled.take(self.unlabeled_batch)]) \
-            if self.unlabeled_batch else x_l[:0]
+            if self.unlabeled_batch and with_unlabeled else x_l[:0]
         if self.augment:
             x_l, y_l = augment_pairs(x_l, y_l, self.generator)
             if len(x_u):

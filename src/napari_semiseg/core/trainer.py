@@ -345,13 +345,13 @@ class Trainer:
 
     def step(self, progress: float | None) -> dict[str, float]:
         """One optimiser step on one two-stream batch."""
-        batch = self.sampler.next().to(self.device)
+        state = TrainState(self.iteration, progress)
+        batch = self.sampler.next(with_unlabeled=self.method.needs_unlabeled(state)).to(self.device)
         if self.channels_last:
             batch.x_l = batch.x_l.contiguous(memory_format=torch.channels_last)
             batch.x_u = batch.x_u.contiguous(memory_format=torch.channels_last)
         for g in self.optimiser.param_groups:
             g["lr"] = self._lr(progress)
-        state = TrainState(self.iteration, progress)
         self.method.train()
         with autocast_for(self.device, self.precision):
             losses = self.method.training_step(batch, state)

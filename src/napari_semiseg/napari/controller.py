@@ -20,6 +20,7 @@ from napari.utils.notifications import show_error, show_info
 from ..core.autosave import Autosaver, Slot, default_root
 from ..core.checkpoint import is_model_folder, load_method, model_dir
 from ..core.errors import InputError, is_out_of_memory, out_of_memory_message
+from ..core.proposal import propose_slice
 from ..core.trainer import LabelUpdate, Report, TrainConfig, Trainer
 from ..core.volume import Volume, final_segmentation, labeled_slices_from_labels
 from .layers import SOURCE_KEY
@@ -521,17 +522,11 @@ class SessionController:
 
     # ------------------------------------------------------------------ review
     def next_uncertain_slice(self) -> int:
+        """Go to the slice whose label is expected to help most: uncertain, amid uncertain slices, far
+        from the labeled ones (core.proposal). Slices the live sweep has not reached yet are skipped."""
         if self.state.slice_scores is None:
             raise InputError("No prediction yet: press Train and wait for the first pseudo-labels.")
-        labeled = self.labeled_slices()
-        scores = np.asarray(self.state.slice_scores, float).copy()
-        scores[np.isnan(scores)] = -np.inf  # not predicted yet: the sweep has not reached it
-        for i in labeled:
-            if i < len(scores):
-                scores[i] = -np.inf
-        if not np.isfinite(scores).any():
-            raise InputError("Every slice scored so far is labeled: label more, or wait for the next refresh.")
-        best = int(np.argmax(scores))
+        best = propose_slice(self.state.slice_scores, self.labeled_slices())
         self.go_to_slice(best)
         return best
 

@@ -112,10 +112,7 @@ class BCP(TeacherMixin, Method):
     def in_pretraining(self, state: TrainState) -> bool:
         if bool(self.self_training):
             return False
-        s = self.settings
-        if state.progress is not None:
-            return state.progress < s.pretrain_fraction
-        return state.iteration < s.pretrain_iterations
+        return state.within(self.settings.pretrain_fraction, self.settings.pretrain_iterations)
 
     def _alpha(self, size: int, device) -> torch.Tensor:
         s = self.settings

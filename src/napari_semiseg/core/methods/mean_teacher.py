@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..losses import sigmoid_rampup, supervised_loss
-from .base import (Batch, Method, MethodSettings, TeacherMixin, TrainState, batch_stats_forward, noisy,
-                   two_stream_forward)
+from ..losses import labeled_agreement, sigmoid_rampup, supervised_loss
+from .base import (MIN_RAMP_ITERATIONS, Batch, Method, MethodSettings, TeacherMixin, TrainState,
+                   batch_stats_forward, check_choice, noisy, two_stream_forward)
 
 
 @dataclass
@@ -20,6 +20,15 @@ class MeanTeacherSettings(MethodSettings):
     noise_std: float = 0.1
     noise_clip: float = 0.2
     teacher_norm: str = "running"  # "running": eval mode (measured better); "batch": the unlabeled batch's BN statistics
+    align: bool = False  # distribution alignment of the teacher's probabilities to the labeled class frequencies
+    confidence: float = 0.0  # consistency only on pixels the teacher gives at least this probability; 0: all
+    # Supervised warm-up: no unlabeled stream (so steps as fast as supervised training's) until the
+    # student agrees with the labeled patches (running Dice >= warmup_agreement), for at least
+    # MIN_RAMP_ITERATIONS steps and at most warmup_fraction of the budget; the consistency ramp starts then.
+    warmup: str = "none"  # "none" | "agreement"
+    warmup_agreement: float = 0.7
+    warmup_fraction: float = 0.5
+    warmup_iterations: int = 1000  # the cap when training runs until stopped
 
 
 class MeanTeacher(TeacherMixin, Method):
@@ -34,7 +43,51 @@ class MeanTeacher(TeacherMixin, Method):
 
     def __init__(self, in_channels, n_classes, settings=None):
         super().__init__(in_channels, n_classes, settings)
+        check_choice("warmup", self.settings.warmup, ("none", "agreement"))
+        for key in ("confidence", "warmup_agreement", "warmup_fraction"):
+            if not 0.0 <= getattr(self.settings, key) <= 1.0:
+                raise ValueError(f"{key} must be from 0 to 1, not {getattr(self.settings, key)}")
         self._make_teacher()
+        # not saved: a resumed model re-measures its agreement, which a trained one passes in a few steps
+        self.warmed_up = self.settings.warmup == "none"
+        self.agreement = 0.0  # running Dice of the student on the labeled patches
+        self._warm_end: tuple[int, float] = (0, 0.0)  # (iteration, progress) where the warm-up ended
+        self._class_freq = self._teacher_freq = None  # running class frequencies (distribution alignment)
+
+    def needs_unlabeled(self, state: TrainState) -> bool:
+        if self.warmed_up:
+            return True
+        s = self.settings
+        done = (state.iteration >= MIN_RAMP_ITERATIONS and self.agreement >= s.warmup_agreement) or \
+            not state.within(s.warmup_fraction, s.warmup_iterations)
+        if done:
+            self.warmed_up = True
+            self._warm_end = (state.iteration, state.progress or 0.0)
+        return done
+
+    @torch.no_grad()
+    def _aligned(self, target: torch.Tensor, y_l: torch.Tensor) -> torch.Tensor:
+        """Distribution alignment (ReMixMatch): scale the teacher's class probabilities by the ratio of
+        the labeled class frequencies to the teacher's running average on unlabeled patches, so that a
+        teacher drifting toward the majority class (background) does not teach that drift."""
+        freq = torch.bincount(y_l.flatten(), minlength=self.n_classes).float()[: self.n_classes]
+        freq = freq / freq.sum()
+        mean_t = target.mean((0, 2, 3))
+        if self._class_freq is None:
+            self._class_freq, self._teacher_freq = freq, mean_t
+        else:
+            self._class_freq = 0.99 * self._class_freq + 0.01 * freq
+            self._teacher_freq = 0.99 * self._teacher_freq + 0.01 * mean_t
+        ratio = (self._class_freq + 1e-6) / (self._teacher_freq + 1e-6)
+        out = target * ratio[None, :, None, None]
+        return out / out.sum(1, keepdim=True)
+
+    def _consistency_ramp(self, state: TrainState) -> float:
+        """The ramp's position counted from the end of the warm-up."""
+        s = self.settings
+        i0, p0 = self._warm_end
+        since = TrainState(state.iteration - i0, None if state.progress is None else state.progress - p0)
+        return sigmoid_rampup(since.ramp(s.rampup_fraction, s.rampup_iterations), 1.0)
 
     def predictor(self):
         return self.teacher
@@ -42,6 +95,11 @@ class MeanTeacher(TeacherMixin, Method):
     def training_step(self, batch: Batch, state: TrainState):
         s = self.settings
         nl = batch.x_l.shape[0]
+        if not self.needs_unlabeled(state):  # warming up: exactly supervised training
+            logits_l = self.student(batch.x_l)
+            self.agreement = 0.9 * self.agreement + 0.1 * labeled_agreement(logits_l, batch.y_l)
+            sup = supervised_loss(logits_l, batch.y_l)
+            return {"loss": sup, "supervised": sup.detach(), "agreement": torch.tensor(self.agreement)}
         capturing = self.capture is not None
         if capturing:  # the same two passes, keeping the features a wrapping loss needs
             logits_l, feats_l = self.student(batch.x_l, return_features=True)
@@ -57,13 +115,20 @@ class MeanTeacher(TeacherMixin, Method):
                 self.teacher.eval()
                 logits_t, feats_t = self.teacher(x_t, return_features=True)
             target = torch.softmax(logits_t.float(), 1)
+            if s.align:
+                target = self._aligned(target, batch.y_l)
         if capturing:
             self._record("source", features=feats_l["decoder"], labels=batch.y_l,
                          mask=torch.ones_like(batch.y_l, dtype=torch.bool))
             if s.teacher_norm != "batch":
                 self._record("target", features=feats_t["decoder"], probs=target)
-        cons = torch.mean((torch.softmax(logits[nl:].float(), 1) - target) ** 2)
-        w = s.consistency * sigmoid_rampup(state.ramp(s.rampup_fraction, s.rampup_iterations), 1.0)
+        dist = ((torch.softmax(logits[nl:].float(), 1) - target) ** 2).mean(1)
+        if s.confidence > 0:  # only where the teacher is sure (UA-MT's idea, with the teacher's own confidence)
+            sure = (target.max(1).values >= s.confidence).float()
+            cons = (dist * sure).sum() / sure.sum().clamp_min(1.0)
+        else:
+            cons = dist.mean()
+        w = s.consistency * self._consistency_ramp(state)
         return {"loss": sup + w * cons, "supervised": sup.detach(), "consistency": cons.detach(),
                 "consistency_weight": torch.tensor(w)}
 

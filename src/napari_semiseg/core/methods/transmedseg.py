@@ -199,6 +199,9 @@ class TransMedSeg(Method):
         out["tsa_strength"] = torch.tensor(strength)
         return out
 
+    def needs_unlabeled(self, state: TrainState) -> bool:
+        return self.base.needs_unlabeled(state)
+
     @torch.no_grad()
     def after_step(self, state: TrainState):
         self.base.after_step(state)

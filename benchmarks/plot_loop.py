@@ -1,0 +1,92 @@
+"""The human-in-the-loop curve as an SVG (no plotting library needed): Dice on the slices not labeled
+against the number of slices labeled, from the JSON of `napari-semiseg benchmark --protocol loop`.
+
+    python benchmarks/plot_loop.py benchmarks/out/loop.json benchmarks/loop_curve.svg [METHOD]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+W, H, LEFT, RIGHT, TOP, BOTTOM = 640, 400, 60, 200, 20, 50
+COLOURS = ["#1b6ca8", "#d1495b", "#66a182", "#edae49", "#8d6a9f", "#00798c", "#555555"]
+
+
+def series(summary: dict) -> list[tuple[str, list[float], list[float], str]]:
+    x = summary["labeled_counts"]
+    out = []
+    for pol, curve in summary["curves"].items():
+        out.append((f"engine, {pol} proposal", x, curve["engine"], "solid"))
+    for pol, curve in summary["curves"].items():
+        out.append((f"interpolation, {pol} slices", x, curve["interpolation"], "dotted"))
+    out.append(("interpolation, evenly spaced", x, summary["even_interpolation"], "dotted"))
+    out.append((f"engine, {x[-1]} evenly spaced", [x[-1]], [summary["even_engine"]], "point"))
+    out.append(("ceiling (every slice labeled)", [x[0], x[-1]], [summary["ceiling"]] * 2, "dashed"))
+    return out
+
+
+def svg(summary: dict, title: str) -> str:
+    lines = series(summary)
+    xs = [v for _, x, _, _ in lines for v in x]
+    ys = [v for _, _, y, _ in lines for v in y]
+    x0, x1 = min(xs) - 0.2, max(xs) + 0.2
+    y0, y1 = max(0.0, min(ys) - 0.05), min(1.0, max(ys) + 0.05)
+
+    def px(x):
+        return LEFT + (x - x0) / (x1 - x0) * (W - LEFT - RIGHT)
+
+    def py(y):
+        return H - BOTTOM - (y - y0) / (y1 - y0) * (H - TOP - BOTTOM)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
+           f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
+           f'<text x="{LEFT}" y="14" font-size="12">{title}</text>',
+           f'<line x1="{LEFT}" y1="{H - BOTTOM}" x2="{W - RIGHT}" y2="{H - BOTTOM}" stroke="black"/>',
+           f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{H - BOTTOM}" stroke="black"/>']
+    for x in sorted(set(summary["labeled_counts"])):
+        out.append(f'<text x="{px(x):.1f}" y="{H - BOTTOM + 15}" text-anchor="middle">{x}</text>')
+    out.append(f'<text x="{(LEFT + W - RIGHT) / 2:.0f}" y="{H - 12}" text-anchor="middle">slices labeled</text>')
+    step = 0.05
+    y = round(y0 / step) * step
+    while y <= y1 + 1e-9:
+        if y >= y0:
+            out.append(f'<text x="{LEFT - 6}" y="{py(y) + 4:.1f}" text-anchor="end">{y:.2f}</text>')
+            out.append(f'<line x1="{LEFT}" y1="{py(y):.1f}" x2="{W - RIGHT}" y2="{py(y):.1f}" stroke="#eee"/>')
+        y += step
+    out.append(f'<text x="14" y="{(TOP + H - BOTTOM) / 2:.0f}" transform="rotate(-90 14 {(TOP + H - BOTTOM) / 2:.0f})" '
+               'text-anchor="middle">Dice on the slices not labeled</text>')
+    for i, (name, x, y, style) in enumerate(lines):
+        colour = COLOURS[i % len(COLOURS)]
+        if style == "point":
+            out.append(f'<circle cx="{px(x[0]):.1f}" cy="{py(y[0]):.1f}" r="5" fill="{colour}"/>')
+        else:
+            dash = {"dotted": ' stroke-dasharray="2 3"', "dashed": ' stroke-dasharray="8 4"'}.get(style, "")
+            pts = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, y))
+            out.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
+            for a, b in zip(x, y):
+                out.append(f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="2.5" fill="{colour}"/>')
+        ly = TOP + 14 + 16 * i
+        out.append(f'<line x1="{W - RIGHT + 10}" y1="{ly - 4}" x2="{W - RIGHT + 30}" y2="{ly - 4}" '
+                   f'stroke="{colour}" stroke-width="2"/>')
+        out.append(f'<text x="{W - RIGHT + 34}" y="{ly}">{name}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(__doc__)
+        return 2
+    data = json.loads(Path(argv[0]).read_text())
+    method = argv[2] if len(argv) > 2 else next(iter(data["methods"]))
+    summary = data["methods"][method]["summary"]
+    n = len(data["methods"][method]["volumes"])
+    Path(argv[1]).write_text(svg(summary, f"{method}, {n} volumes, {data['rounds']} rounds (mean)"))
+    print(f"wrote {argv[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
