@@ -166,3 +166,20 @@ def test_runtime_and_spec_predict_like_the_trainer():
     b = predict_volume(trainer.method.predictor(), vol, trainer.spec, Runtime(torch.device("cpu")))
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_allclose(a.uncertainty, b.uncertainty, atol=1e-6)
+
+
+def test_batch_norm_statistics_are_re_estimated_on_a_2d_image_larger_than_a_patch():
+    from napari_semiseg.core.inference import prepare, recalibration_patches
+    from napari_semiseg.core.networks import UNet2D
+
+    net = UNet2D(1, 2).eval()
+    spec, rt = InputSpec(patch=32), Runtime(torch.device("cpu"))
+    large = Volume(np.random.default_rng(0).random((200, 150), dtype=np.float32), None, set())
+    patches = recalibration_patches(large, spec, rt.device)
+    assert len(patches) >= 8 and len({float(p.sum()) for p in patches}) > 1  # several different windows
+    ready = prepare(net, large, spec, rt)
+    assert ready is not net  # a re-estimated copy; the network itself is untouched
+    bn = next(m for m in ready.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
+    small = Volume(np.random.default_rng(0).random((20, 30), dtype=np.float32), None, set())
+    assert prepare(net, small, spec, rt) is net  # one padded window is too little to estimate from

@@ -112,21 +112,27 @@ def recalibrated(net: nn.Module, patches: list[torch.Tensor], batch_size: int | 
 
 
 def recalibration_patches(volume: Volume, spec: InputSpec, device, seed: int = 0) -> list[torch.Tensor]:
-    """Patches for batch-norm re-estimation: every slice of a small volume, else a seeded sample of
-    windows spread over the volume (about a million pixels), never every slice of a large one."""
+    """Patches for batch-norm re-estimation, about a million working pixels: the middle window of
+    every slice of a small volume; a seeded sample of slices of a large one; and several random
+    windows of each slice when there are fewer slices than that (a 2D photograph, a few large slices)."""
     from .sampling import _crop, _window
 
     geom = volume.geometry(spec.scale)
     n_patches = int(np.clip(RECALIBRATION_PIXELS // (spec.patch * spec.patch), 8, 64))
     n = volume.n_slices
     rng = np.random.default_rng(seed)
-    slices = range(n) if n <= n_patches else sorted(rng.choice(n, n_patches, replace=False).tolist())
+    fits = all(side <= spec.patch for side in geom.working)
+    if n >= MIN_SLICES_TO_RECALIBRATE or fits:
+        slices = range(n) if n <= n_patches else sorted(rng.choice(n, n_patches, replace=False).tolist())
+        per_slice, middle = 1, n <= n_patches  # the middle window (the whole slice when it fits)
+    else:
+        slices, per_slice, middle = range(n), -(-n_patches // n), False
     out = []
     for i in slices:
         x = volume.context_stack(int(i), geom, spec.context)
-        middle = n <= n_patches  # one patch per slice: the middle window (the whole slice when it fits)
-        out.append(_crop(x, None, *_window(x.shape[-2:], spec.patch, None, rng, middle=middle), spec.patch)[0]
-                   .to(device))
+        for _ in range(per_slice):
+            out.append(_crop(x, None, *_window(x.shape[-2:], spec.patch, None, rng, middle=middle), spec.patch)[0]
+                       .to(device))
     return out
 
 
@@ -134,9 +140,17 @@ MIN_SLICES_TO_RECALIBRATE = 8
 
 
 def prepare(net: nn.Module, volume: Volume, spec: InputSpec, runtime: Runtime, recalibrate: bool = True) -> nn.Module:
-    """The network to predict ``volume`` with: batch-norm statistics re-estimated on it where that
-    pays (enough slices), in eval mode. The network passed in is not modified."""
-    if recalibrate and volume.n_slices >= MIN_SLICES_TO_RECALIBRATE:
+    """The network to predict ``volume`` with: batch-norm statistics re-estimated on it where there
+    is enough of it (8 patches or more), in eval mode. The network passed in is not modified.
+
+    A 2D image larger than a patch counts: its windows are enough. Without this an EMA teacher
+    predicted 2D photographs with averaged statistics that fit its averaged weights poorly, and
+    scored below its own student on 7 of 8 CHASE_DB1 test images (benchmarks/RESULTS.md §11).
+    """
+    if not recalibrate:
+        return net
+    fits = all(side <= spec.patch for side in volume.geometry(spec.scale).working)
+    if volume.n_slices >= MIN_SLICES_TO_RECALIBRATE or not fits:
         return recalibrated(net, recalibration_patches(volume, spec, runtime.device),
                             channels_last=runtime.channels_last)
     return net
