@@ -1,7 +1,8 @@
-"""The human-in-the-loop curve as an SVG (no plotting library needed): Dice on the slices not labeled
-against the number of slices labeled, from the JSON of `napari-semiseg benchmark --protocol loop`.
+"""The human-in-the-loop curve: Dice on the slices not labeled against the number of slices labeled,
+from one or more JSON files of `napari-semiseg benchmark --protocol loop` (their volumes merged),
+printed as a Markdown table with paired comparisons and drawn as an SVG (no plotting library).
 
-    python benchmarks/plot_loop.py benchmarks/out/loop.json benchmarks/loop_curve.svg [METHOD]
+    python benchmarks/plot_loop.py benchmarks/loop_curve.svg RUN.json [RUN2.json ...]
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 W, H, LEFT, RIGHT, TOP, BOTTOM = 640, 400, 60, 200, 20, 50
 COLOURS = ["#1b6ca8", "#d1495b", "#66a182", "#edae49", "#8d6a9f", "#00798c", "#555555"]
@@ -75,16 +78,43 @@ def svg(summary: dict, title: str) -> str:
     return "\n".join(out)
 
 
+def merged_summary(paths: list[str]) -> tuple[str, dict, int, int]:
+    from napari_semiseg.core.benchmark import LoopResult, loop_summary
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    method = next(iter(runs[0]["methods"]))
+    results = [LoopResult(**v) for r in runs for v in r["methods"][method]["volumes"]]
+    return method, loop_summary(results), len(results), runs[0]["rounds"]
+
+
+def table(summary: dict) -> str:
+    counts = summary["labeled_counts"]
+    rows = ["| slices labeled | " + " | ".join(map(str, counts)) + " |", "|---|" + "---|" * len(counts)]
+    for pol, curve in summary["curves"].items():
+        rows.append(f"| engine, {pol} proposal | " + " | ".join(f"{x:.3f}" for x in curve["engine"]) + " |")
+        rows.append(f"| interpolation, {pol} slices | " + " | ".join(f"{x:.3f}" for x in curve["interpolation"])
+                    + " |")
+    rows.append("| interpolation, evenly spaced | " + " | ".join(f"{x:.3f}" for x in summary["even_interpolation"])
+                + " |")
+    rows.append(f"| engine, {counts[-1]} evenly spaced from the start | " + " | " * (len(counts) - 1)
+                + f"{summary['even_engine']:.3f} |")
+    rows.append("| ceiling: every slice labeled | " + " | " * (len(counts) - 1) + f"{summary['ceiling']:.3f} |")
+    lines = ["\n".join(rows), ""]
+    for key, label in (("final_vs_spacing", "spacing proposal"), ("final_vs_even_engine", "even slices from the start")):
+        for pol, c in summary.get(key, {}).items():
+            lines.append(f"- {pol} vs {label}, at {counts[-1]} slices: {c['mean_difference']:+.3f}, "
+                         f"wins/losses {c['wins']}/{c['losses']} of {c['n']}, Wilcoxon p = {c['p']:.3f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__)
         return 2
-    data = json.loads(Path(argv[0]).read_text())
-    method = argv[2] if len(argv) > 2 else next(iter(data["methods"]))
-    summary = data["methods"][method]["summary"]
-    n = len(data["methods"][method]["volumes"])
-    Path(argv[1]).write_text(svg(summary, f"{method}, {n} volumes, {data['rounds']} rounds (mean)"))
-    print(f"wrote {argv[1]}")
+    method, summary, n, rounds = merged_summary(argv[1:])
+    print(table(summary))
+    Path(argv[0]).write_text(svg(summary, f"{method}, {n} volumes, {rounds} rounds (mean)"))
+    print(f"wrote {argv[0]}")
     return 0
 
 

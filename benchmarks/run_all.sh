@@ -72,3 +72,38 @@ wait
 # the same, seed 1 (the seed alone moves supervised by 0.05 with three labeled slices); "before" = the old code's PYTHONPATH
 $BIN benchmark $HIPPO --protocol session --volumes 10 --k 3 --seconds 60 --axis 2 --methods supervised --threads 1 \
      --seed 1 --json $OUT/native_session_sup_seed1.json > $OUT/native_session_sup_seed1.log 2>&1
+# native resolution, every method on the hippocampus protocols (issue 11), run beside each other
+$BIN benchmark $HIPPO $S --methods "mean-teacher,bcp,sra-seg,sgrs-net,barl,transmedseg" \
+     --json $OUT/native_session_all.json > $OUT/native_session_all.log 2>&1 &
+$BIN benchmark $HIPPO --protocol dataset --minutes 10 --axis 2 --threads 1 --methods "$NEW" \
+     --json $OUT/native_dataset_hippo.json > $OUT/native_dataset_hippo.log 2>&1 &
+wait
+# issue 12: what the mean teacher's loss on CHASE_DB1 is made of, and the 2D batch-norm fix
+CHASE5="--protocol dataset --test-count 8 --minutes 5 --threads 1"
+$BIN benchmark ../shared/data/chase_db1 $CHASE5 --methods "supervised,mean-teacher,mean-teacher[consistency=0]" \
+     --json $OUT/exp_chase_a.json > $OUT/exp_chase_a.log 2>&1 &
+$BIN benchmark ../shared/data/chase_db1 $CHASE5 \
+     --methods "mean-teacher[warmup=agreement],mean-teacher[confidence=0.9],mean-teacher[align=true]" \
+     --json $OUT/exp_chase_b.json > $OUT/exp_chase_b.log 2>&1 &
+wait
+.venv/bin/python benchmarks/recalibration_2d.py supervised 5 > $OUT/exp_recal_sup.log 2>&1 &
+.venv/bin/python benchmarks/recalibration_2d.py mean-teacher 5 > $OUT/exp_recal_mtdefault.log 2>&1 &
+wait
+.venv/bin/python benchmarks/recalibration_2d.py "mean-teacher[warmup=agreement]" 5 > $OUT/exp_recal_mt.log 2>&1 &
+$BIN benchmark $HIPPO $S --methods "mean-teacher[warmup=agreement]" --json $OUT/exp_session_warmup.json \
+     > $OUT/exp_session_warmup.log 2>&1 &
+wait
+# the human-in-the-loop curve: the session volumes in two halves, one core each
+mkdir -p $OUT/loopA/images $OUT/loopA/labels $OUT/loopB/images $OUT/loopB/labels
+i=0
+for f in $(ls $HIPPO/images | head -10); do
+  half=$([ $i -lt 5 ] && echo A || echo B)
+  ln -sf "$(realpath $HIPPO/images/$f)" $OUT/loop$half/images/$f
+  ln -sf "$(realpath $HIPPO/labels/$f)" $OUT/loop$half/labels/$f
+  i=$((i + 1))
+done
+LOOP="--protocol loop --k 3 --rounds 3 --seconds 45 --round-seconds 15 --axis 2 --threads 1 --methods mean-teacher"
+$BIN benchmark $OUT/loopA $LOOP --json $OUT/loop_a.json > $OUT/loop_a.log 2>&1 &
+$BIN benchmark $OUT/loopB $LOOP --json $OUT/loop_b.json > $OUT/loop_b.log 2>&1 &
+wait
+.venv/bin/python benchmarks/plot_loop.py benchmarks/loop_curve.svg $OUT/loop_a.json $OUT/loop_b.json

@@ -33,6 +33,20 @@ def hippo_case():
 
 
 @pytest.fixture
+def hippo_folder(tmp_path, hippo_case):
+    """A benchmark data folder (images/, labels/) holding the one real hippocampus volume."""
+    import shutil
+
+    data = tmp_path / "hippo"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    img, lab = hippo_case
+    shutil.copy(img, data / "images" / img.name)
+    shutil.copy(lab, data / "labels" / lab.name)
+    return data
+
+
+@pytest.fixture
 def chase_case():
     img = CHASE / "images" / "Image_01L.jpg"
     lab = CHASE / "manual" / "Image_01L_1stHO.png"

@@ -173,15 +173,8 @@ def test_benchmark_dataset_protocol_on_ssl4mis_hdf5(tmp_path):
     assert "mean-teacher vs supervised" in r.stdout
 
 
-def test_benchmark_session_protocol_reports_interpolation_baseline(tmp_path, hippo_case):
-    data = tmp_path / "hippo"
-    (data / "images").mkdir(parents=True)
-    (data / "labels").mkdir()
-    import shutil
-
-    img, lab = hippo_case
-    shutil.copy(img, data / "images" / img.name)
-    shutil.copy(lab, data / "labels" / lab.name)
+def test_benchmark_session_protocol_reports_interpolation_baseline(tmp_path, hippo_folder):
+    data = hippo_folder
     out = tmp_path / "s.json"
     r = run_cli("benchmark", str(data), "--protocol", "session", "--k", "3", "--seconds", "2", "--axis", "2",
                 "--methods", "supervised", "--json", str(out))

@@ -4,7 +4,6 @@ simulated user's time to training, and paired comparisons."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -106,13 +105,8 @@ def test_loop_protocol_adds_the_proposed_slice_with_its_reference_labels_each_ro
     assert len(res.even_engine["labeled"]) == 4 and len(res.ceiling["labeled"]) == case.labels.shape[0]
 
 
-def test_loop_protocol_from_the_command_line_on_files(tmp_path, hippo_case):
-    data = tmp_path / "hippo"
-    (data / "images").mkdir(parents=True)
-    (data / "labels").mkdir()
-    img, lab = hippo_case
-    shutil.copy(img, data / "images" / img.name)
-    shutil.copy(lab, data / "labels" / lab.name)
+def test_loop_protocol_from_the_command_line_on_files(tmp_path, hippo_folder):
+    data = hippo_folder
     out = tmp_path / "loop.json"
     r = run_cli("benchmark", str(data), "--protocol", "loop", "--k", "3", "--rounds", "2", "--iterations", "6",
                 "--axis", "2", "--methods", "mean-teacher", "--threads", "1", "--json", str(out))
