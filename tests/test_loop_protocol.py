@@ -8,12 +8,13 @@ import json
 import numpy as np
 import pytest
 from test_cli import run_cli
+from test_engine import fast_config
 
 from napari_semiseg.core.benchmark import Case, run_loop, train_in_rounds
 from napari_semiseg.core.comparison import paired
 from napari_semiseg.core.errors import InputError
 from napari_semiseg.core.proposal import expected_gain, propose_slice
-from napari_semiseg.core.trainer import TrainConfig, Trainer
+from napari_semiseg.core.trainer import Trainer
 from napari_semiseg.core.volume import Volume, labels_on_slices
 
 
@@ -67,17 +68,12 @@ def blob_case(n=10, size=24) -> Case:
     return Case("blob", image, labels)
 
 
-def fast(**kw) -> TrainConfig:
-    return TrainConfig(**{"threads": 1, "batch_size": 4, "refresh_seconds": 1e9, "first_refresh_seconds": 1e9,
-                          "report_every": 1, "augment": False, **kw})
-
-
 def test_rounds_pause_the_clock_while_the_user_works():
     import time
 
     case = blob_case()
     vol = Volume(case.image, labels_on_slices(case.labels, [3, 6], 0), {3, 6})
-    trainer = Trainer([vol], fast(method="supervised", minutes=1.5 / 60, final_prediction=False))
+    trainer = Trainer([vol], fast_config(method="supervised", iterations=None, minutes=1.5 / 60, final_prediction=False))
     rounds = []
 
     def slow_user(r):  # as long as the whole budget: were it charged, training would end at once
@@ -94,7 +90,7 @@ def test_rounds_pause_the_clock_while_the_user_works():
 def test_loop_protocol_adds_the_proposed_slice_with_its_reference_labels_each_round():
     case = blob_case()
     res = run_loop(case, "mean-teacher", k=2, rounds=2, iterations=6, round_iterations=3,
-                   policies=("gain", "spacing"), base_config=fast())
+                   policies=("gain", "spacing"), base_config=fast_config(augment=False))
     assert res.start == [3, 6]
     for policy, curve in res.curves.items():
         counts = [len(p["labeled"]) for p in curve]

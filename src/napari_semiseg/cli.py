@@ -455,10 +455,12 @@ def _session(args, bm, methods, cfg, data) -> dict:
 def _loop(args, bm, methods, cfg, data) -> dict:
     from tqdm import tqdm
 
+    from .core.proposal import POLICIES, unknown_policy
+
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     for p in policies:
-        if p not in ("gain", "uncertainty", "spacing"):
-            raise InputError(f"Unknown slice proposal '{p}': use gain, uncertainty or spacing.")
+        if p not in POLICIES:
+            raise unknown_policy(p)
     cases = bm.load_cases(data)
     cases = cases[: args.volumes] if args.volumes else cases
     out = {"protocol": "loop", "k": args.k, "rounds": args.rounds, "seconds": args.seconds,

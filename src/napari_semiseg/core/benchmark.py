@@ -250,6 +250,10 @@ def run_loop(case: Case, method: str, *, k: int = 3, rounds: int = 3, axis: int 
     def dice_off(pred, labeled):
         return unlabeled_dice(pred, case.labels, sorted(labeled), axis, classes)
 
+    def point(pred, labeled):  # the engine and interpolation from the same slices, scored off them
+        return {"labeled": labeled, "dice": dice_off(pred, labeled),
+                "interpolation": dice_off(interpolate_labels(case.labels, labeled, axis), labeled)}
+
     for policy in policies:
         vol = Volume(case.image, labels_on_slices(case.labels, start, axis), set(start), axis=axis,
                      channels=case.channels, name=case.name)
@@ -259,15 +263,12 @@ def run_loop(case: Case, method: str, *, k: int = 3, rounds: int = 3, axis: int 
         def on_round(r, trainer=trainer, vol=vol, curve=curve, policy=policy):
             pred = trainer.predict()[0]
             labeled = sorted(vol.labeled)
-            curve.append({"labeled": labeled, "dice": dice_off(pred.labels, labeled),
-                          "interpolation": dice_off(interpolate_labels(case.labels, labeled, axis), labeled)})
+            curve.append(point(pred.labels, labeled))
             chosen = sorted(set(labeled) | {propose_slice(pred.slice_scores, labeled, policy)})
             trainer.update_labels(LabelUpdate(labels_on_slices(case.labels, chosen, axis), set(chosen)))
 
         last = train_in_rounds(trainer, marks, on_round)
-        labeled = sorted(vol.labeled)
-        curve.append({"labeled": labeled, "dice": dice_off(last.prediction[0].labels, labeled),
-                      "interpolation": dice_off(interpolate_labels(case.labels, labeled, axis), labeled)})
+        curve.append(point(last.prediction[0].labels, sorted(vol.labeled)))
     for count in range(k, k + rounds + 1):
         even = evenly_spaced_slices(case.labels, axis, count)
         result.even.append({"labeled": even, "interpolation": dice_off(interpolate_labels(case.labels, even, axis),

@@ -21,9 +21,6 @@ class Paired:
     losses: int
     p: float  # two-sided Wilcoxon signed-rank p-value (1.0 when every difference is zero)
 
-    def __str__(self) -> str:
-        return f"{self.mean_difference:+.3f}, {self.wins}/{self.losses}, p={self.p:.3f}"
-
 
 def paired(a, b, tie: float = TIE) -> Paired:
     """How ``b`` compares with ``a`` (two equal-length sequences of per-volume scores)."""

@@ -122,7 +122,7 @@ def recalibration_patches(volume: Volume, spec: InputSpec, device, seed: int = 0
     n = volume.n_slices
     rng = np.random.default_rng(seed)
     fits = all(side <= spec.patch for side in geom.working)
-    if n >= MIN_SLICES_TO_RECALIBRATE or fits:
+    if n >= MIN_PATCHES_TO_RECALIBRATE or fits:
         slices = range(n) if n <= n_patches else sorted(rng.choice(n, n_patches, replace=False).tolist())
         per_slice, middle = 1, n <= n_patches  # the middle window (the whole slice when it fits)
     else:
@@ -136,7 +136,7 @@ def recalibration_patches(volume: Volume, spec: InputSpec, device, seed: int = 0
     return out
 
 
-MIN_SLICES_TO_RECALIBRATE = 8
+MIN_PATCHES_TO_RECALIBRATE = 8  # fewer, and the statistics would be an estimate from too little
 
 
 def prepare(net: nn.Module, volume: Volume, spec: InputSpec, runtime: Runtime, recalibrate: bool = True) -> nn.Module:
@@ -149,10 +149,9 @@ def prepare(net: nn.Module, volume: Volume, spec: InputSpec, runtime: Runtime, r
     """
     if not recalibrate:
         return net
-    fits = all(side <= spec.patch for side in volume.geometry(spec.scale).working)
-    if volume.n_slices >= MIN_SLICES_TO_RECALIBRATE or not fits:
-        return recalibrated(net, recalibration_patches(volume, spec, runtime.device),
-                            channels_last=runtime.channels_last)
+    patches = recalibration_patches(volume, spec, runtime.device)
+    if len(patches) >= MIN_PATCHES_TO_RECALIBRATE:
+        return recalibrated(net, patches, channels_last=runtime.channels_last)
     return net
 
 

@@ -20,6 +20,8 @@ import numpy as np
 
 from .errors import InputError
 
+POLICIES = ("gain", "uncertainty", "spacing")
+
 
 def coverage(n: int, labeled, reach: float) -> np.ndarray:
     """(n,) how well each slice is covered by its nearest labeled slice: 1 on a label, 0 with none."""
@@ -77,5 +79,9 @@ def propose_slice(scores: np.ndarray, labeled, policy: str = "gain") -> int:
         value = np.where(inside, -coverage(len(scores), labeled, 1.0), -np.inf)
         value = value + 1e-9 * mass  # ties: the more uncertain slice
     else:
-        raise InputError(f"Unknown slice proposal '{policy}': use gain, uncertainty or spacing.")
+        raise unknown_policy(policy)
     return int(np.argmax(value))
+
+
+def unknown_policy(policy: str) -> InputError:
+    return InputError(f"Unknown slice proposal '{policy}': use {', '.join(POLICIES)}.")
