@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 W, H, LEFT, RIGHT, TOP, BOTTOM = 640, 400, 60, 200, 20, 50
-COLOURS = ["#1b6ca8", "#d1495b", "#66a182", "#edae49", "#8d6a9f", "#00798c", "#555555"]
+COLOURS = ["#1b6ca8", "#d1495b", "#66a182", "#edae49", "#8d6a9f", "#111111", "#888888"]
 
 
 def series(summary: dict) -> list[tuple[str, list[float], list[float], str]]:
@@ -71,8 +71,11 @@ def svg(summary: dict, title: str) -> str:
             for a, b in zip(x, y):
                 out.append(f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="2.5" fill="{colour}"/>')
         ly = TOP + 14 + 16 * i
-        out.append(f'<line x1="{W - RIGHT + 10}" y1="{ly - 4}" x2="{W - RIGHT + 30}" y2="{ly - 4}" '
-                   f'stroke="{colour}" stroke-width="2"/>')
+        if style == "point":  # the legend shows each series as it is drawn
+            out.append(f'<circle cx="{W - RIGHT + 20}" cy="{ly - 4}" r="5" fill="{colour}"/>')
+        else:
+            out.append(f'<line x1="{W - RIGHT + 10}" y1="{ly - 4}" x2="{W - RIGHT + 30}" y2="{ly - 4}" '
+                       f'stroke="{colour}" stroke-width="2"{dash}/>')
         out.append(f'<text x="{W - RIGHT + 34}" y="{ly}">{name}</text>')
     out.append("</svg>")
     return "\n".join(out)
