@@ -107,3 +107,23 @@ $BIN benchmark $OUT/loopA $LOOP --json $OUT/loop_a.json > $OUT/loop_a.log 2>&1 &
 $BIN benchmark $OUT/loopB $LOOP --json $OUT/loop_b.json > $OUT/loop_b.log 2>&1 &
 wait
 .venv/bin/python benchmarks/plot_loop.py benchmarks/loop_curve.svg $OUT/loop_a.json $OUT/loop_b.json
+# the same loop with supervised training, compared per volume (RESULTS §11.5)
+SUP="--protocol loop --k 3 --rounds 3 --seconds 45 --round-seconds 15 --axis 2 --threads 1 --methods supervised --policies gain"
+$BIN benchmark $OUT/loopA $SUP --json $OUT/loop_sup_a.json > $OUT/loop_sup_a.log 2>&1 &
+$BIN benchmark $OUT/loopB $SUP --json $OUT/loop_sup_b.json > $OUT/loop_sup_b.log 2>&1 &
+wait
+.venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/loop_sup_a.json $OUT/loop_sup_b.json \
+    $OUT/loop_a.json $OUT/loop_b.json
+# the mean teacher on a fully labeled volume, the loop's ceiling alone (RESULTS §11.5)
+.venv/bin/python benchmarks/ceiling_loop.py $OUT/loopA mean-teacher 90 > $OUT/ceiling_mt_a.json 2> $OUT/ceiling_mt_a.log &
+.venv/bin/python benchmarks/ceiling_loop.py $OUT/loopB mean-teacher 90 > $OUT/ceiling_mt_b.json 2> $OUT/ceiling_mt_b.log &
+wait
+# scribbles against full labels on CHASE_DB1 (RESULTS §12.1)
+S2=benchmarks/scribbles_2d.py
+(.venv/bin/python $S2 mean-teacher full 5 > $OUT/scrib_mt_full.log 2>&1
+ .venv/bin/python $S2 mean-teacher scribbles 5 > $OUT/scrib_mt_scribbles.log 2>&1
+ .venv/bin/python $S2 supervised scribbles 5 > $OUT/scrib_sup_scribbles.log 2>&1) &
+(.venv/bin/python $S2 supervised full 5 > $OUT/scrib_sup_full.log 2>&1
+ .venv/bin/python $S2 mean-teacher scribbles-as-complete 5 > $OUT/scrib_mt_ascomplete.log 2>&1) &
+wait
+.venv/bin/python $S2 --compare $OUT/scrib_*.log

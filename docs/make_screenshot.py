@@ -10,6 +10,10 @@ from pathlib import Path
 
 
 def main():
+    import os
+    import tempfile
+
+    os.environ["NAPARI_SEMISEG_HOME"] = tempfile.mkdtemp()  # no autosaves of earlier runs on the picture
     import napari
     from qtpy.QtWidgets import QApplication, QPushButton
 
@@ -18,18 +22,22 @@ def main():
     from napari_semiseg.samples import sample_labels
 
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1400, 850)
+    viewer.window._qt_window.resize(1400, 1000)
     viewer.open_sample("napari-semiseg", "hippocampus")
     _, widget = viewer.window.add_plugin_dock_widget("napari-semiseg", "Semi-supervised segmentation")
     widget.axis_spin.setValue(2)
     ref = read_labels(sample_labels()).data
     labels = viewer.layers["annotations"]
     painted = evenly_spaced_slices(ref, 2, 3)
-    for i in painted:
-        labels.data[:, :, i] = ref[:, :, i]
-    labels.refresh()
-    viewer.dims.order = (2, 0, 1)  # show sagittal slices: the hippocampus's long axis in plane
+    import numpy as np
+
+    for i in painted:  # through the layer's history, as a brush does: the widget hears of it
+        idx = np.nonzero(ref[:, :, i])
+        labels.data_setitem((idx[0], idx[1], np.full(idx[0].shape, i)), ref[:, :, i][idx])
     app = QApplication.instance()
+    for _ in range(30):  # the widget updates what can run a moment after an edit
+        app.processEvents()
+        time.sleep(0.01)
     c = widget.controller
     widget.findChild(QPushButton, "train_button").click()
     t0 = time.perf_counter()

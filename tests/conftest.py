@@ -61,3 +61,44 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) 
     affine = np.eye(4) if affine is None else affine
     nib.save(nib.Nifti1Image(data, affine), str(path))
     return path
+
+
+@pytest.fixture
+def fresh_notifications():
+    from napari.utils.notifications import notification_manager
+
+    notification_manager.records.clear()
+    yield
+
+
+def _open_session(viewer):
+    from gui_session import WIDGET
+
+    viewer.open_sample("napari-semiseg", "hippocampus")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-semiseg", WIDGET)
+    widget.refresh_spin.setValue(1)
+    widget.batch_spin.setValue(4)
+    widget.labeled_batch_spin.setValue(2)
+    return widget
+
+
+@pytest.fixture
+def session(make_napari_viewer, fresh_notifications, qtbot):
+    """The sample in a viewer with the widget docked, labeling sagittal slices (gui_session.AXIS)."""
+    from gui_session import AXIS
+
+    viewer = make_napari_viewer()
+    widget = _open_session(viewer)
+    widget.axis_spin.setValue(AXIS)
+    yield viewer, widget
+    widget.controller.shutdown()
+
+
+@pytest.fixture
+def shown(make_napari_viewer, fresh_notifications, qtbot):
+    """The same in a shown window, so that mouse positions on the canvas map to voxels."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1000, 800)
+    widget = _open_session(viewer)
+    yield viewer, widget
+    widget.controller.shutdown()

@@ -216,3 +216,36 @@ def test_chase_layout_reads_both_observers_and_scores_the_human_ceiling(tmp_path
                       base_config=TrainConfig(patch_size=64, batch_size=2, labeled_batch=1, threads=1))
     assert out["test"] == ["Image_02L"] and out["n_labeled_volumes"] == 1
     assert 0.6 < out["second_observer"]["mean"]["dice"] < 1.0  # two experts agree, not perfectly
+
+
+def test_train_on_scribbles_with_unpainted_unknown(tmp_path, monkeypatch):
+    """A scribbled photograph from the widget (255 = painted background): only what was painted is taught."""
+    import tifffile
+
+    from napari_semiseg.core import trainer as trainer_mod
+    from napari_semiseg.core.classes import PAINTED_BACKGROUND, UNKNOWN
+    from test_partial_labels import discs
+
+    image, _, painted = discs()
+    tifffile.imwrite(tmp_path / "photo.tif", (image * 100).astype(np.float32))
+    tifffile.imwrite(tmp_path / "photo_labels.tif", painted)
+    no_bg = np.where(painted == PAINTED_BACKGROUND, 0, painted).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "nobg_labels.tif", no_bg)
+    r = run_cli("train", str(tmp_path / "photo.tif"), "--labels", str(tmp_path / "nobg_labels.tif"),
+                "--unpainted", "unknown", "--iterations", "1", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "mark the background" in r.stderr and "Traceback" not in r.stderr
+
+    seen = {}
+    original = trainer_mod.Trainer.__init__
+
+    def spy(self, volumes, *a, **kw):  # what the engine was handed
+        seen["labels"] = np.array(volumes[0].labels)
+        original(self, volumes, *a, **kw)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "__init__", spy)
+    assert main(["train", str(tmp_path / "photo.tif"), "--labels", str(tmp_path / "photo_labels.tif"),
+                 "--unpainted", "unknown", "--method", "supervised", "--iterations", "2",
+                 "--set", "batch_size=2", "--out", str(tmp_path / "out")]) == 0
+    np.testing.assert_array_equal(seen["labels"] == UNKNOWN, painted == 0)
+    np.testing.assert_array_equal(seen["labels"] == 0, painted == PAINTED_BACKGROUND)
+    assert (tmp_path / "out" / "mask.tif").exists()

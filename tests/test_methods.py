@@ -421,3 +421,16 @@ def test_a_warming_mean_teacher_trains_without_drawing_unlabeled_patches():
     t.sampler.next = lambda with_unlabeled=True: drawn.append(with_unlabeled) or original(with_unlabeled)
     last = t.train()
     assert drawn == [False, False, False] and "consistency" not in last.losses
+
+
+def test_with_every_slice_labeled_the_mean_teacher_is_supervised_training_and_bcp_keeps_its_pairs():
+    """Nothing unlabeled to learn from: the mean teacher's consistency would only cost steps."""
+    vol = tiny_volume(labeled=range(6))
+    for method, draws in (("mean-teacher", False), ("bcp", True)):
+        t = Trainer([vol], fast_config(method=method, iterations=2))
+        drawn = []
+        original = t.sampler.next
+        t.sampler.next = lambda with_unlabeled=True: drawn.append(with_unlabeled) or original(with_unlabeled)
+        last = t.train()
+        assert drawn == [draws, draws], method
+        assert ("consistency" in last.losses) is False

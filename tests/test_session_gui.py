@@ -9,53 +9,16 @@ import torch
 from qtpy.QtWidgets import QPushButton
 
 from conftest import autosave_root
+from gui_session import AXIS, PAINTED, WIDGET, click, notifications, paint_reference
 from napari_semiseg.core.io import read_labels
 from napari_semiseg.napari.controller import PSEUDO, SEGMENTATION, UNCERTAINTY
-from napari_semiseg.samples import sample_image, sample_labels
+from napari_semiseg.samples import sample_image
 
-WIDGET = "Semi-supervised segmentation"
-AXIS = 2
-PAINTED = (12, 16, 21)
+pytestmark = pytest.mark.usefixtures("fresh_notifications")
 
 
 def _errors():
-    from napari.utils.notifications import notification_manager
-
-    return [str(n.message) for n in notification_manager.records if n.severity == "error"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_notifications():
-    from napari.utils.notifications import notification_manager
-
-    notification_manager.records.clear()
-    yield
-
-
-@pytest.fixture
-def session(make_napari_viewer, tmp_path, qtbot):
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-semiseg", "hippocampus")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-semiseg", WIDGET)
-    widget.axis_spin.setValue(AXIS)
-    widget.refresh_spin.setValue(1)
-    widget.batch_spin.setValue(4)
-    widget.labeled_batch_spin.setValue(2)
-    yield viewer, widget
-    widget.controller.shutdown()
-
-
-def click(widget, name):
-    widget.findChild(QPushButton, name).click()
-
-
-def paint_reference(labels_layer, slices=PAINTED):
-    ref = read_labels(sample_labels()).data
-    for i in slices:
-        idx = np.nonzero(ref[:, :, i])
-        full = (idx[0], idx[1], np.full(idx[0].shape, i))
-        labels_layer.data_setitem(full, ref[:, :, i][idx])
-    return ref
+    return notifications("error")
 
 
 def test_full_loop_train_review_accept_finish_export(session, qtbot, tmp_path):
@@ -113,7 +76,9 @@ def test_full_loop_train_review_accept_finish_export(session, qtbot, tmp_path):
 
 def test_train_refuses_without_labels_and_says_what_to_do(session):
     viewer, widget = session
-    click(widget, "train_button")
+    assert not widget.train_button.isEnabled()
+    assert "Paint a few slices" in widget.train_button.toolTip()
+    widget.shortcut("train_or_stop")  # a shortcut cannot get round the disabled button
     assert not widget.controller.running
     assert any("No slice is labeled" in e for e in _errors())
 
@@ -210,8 +175,10 @@ def test_2d_grey_and_rgb_images_train_and_show_live_layers(make_napari_viewer, q
     viewer.add_image(img, name="photo", rgb=rgb)
     _, widget = viewer.window.add_plugin_dock_widget("napari-semiseg", WIDGET)
     c = widget.controller
-    click(widget, "train_button")  # nothing painted yet: refused, and a labels layer is not forced on the user
-    assert not c.running and any("No slice is labeled" in e for e in _errors())
+    # no labels layer yet: none is forced on the user, and Train says how to get one
+    assert c.state.labels_layer is None and not widget.train_button.isEnabled()
+    assert "(new labels layer)" in widget.train_button.toolTip()
+    widget.labels_combo.activated.emit(widget.labels_combo.findText("(new labels layer)"))
     labels = c.state.labels_layer
     assert labels is not None and labels.data.shape == (48, 40) and not c.is_3d
     labels.data_setitem((np.arange(12, 28), np.full(16, 15)), 1)

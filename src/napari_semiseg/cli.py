@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                                                  "(labels elsewhere are ignored); default: every slice with a label")
     which.add_argument("--labeled", choices=["all"], help="'all': every slice is labeled (background included)")
     tr.add_argument("--axis", type=int, default=0, help="slice axis of a 3D image (display order z, y, x; default 0)")
+    tr.add_argument("--unpainted", choices=["background", "unknown"], default="background",
+                    help="what 0 means on a labeled slice: background (slices labeled whole, the default) or "
+                         "unknown (scribbles: only labeled pixels are taught; 255 marks painted background)")
     tr.add_argument("--method", default="mean-teacher", help=f"one of {', '.join(_method_names())}")
     budget = tr.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=POSITIVE, help="training time budget")
@@ -272,6 +275,7 @@ def cmd_train(args) -> int:
     from .core.checkpoint import MODEL_SUBFOLDER
     from .core.io import write_float_map, write_labels
     from .core.trainer import Trainer
+    from .core.classes import PAINTED_BACKGROUND, engine_labels
     from .core.volume import Volume, labeled_slices_from_labels, labels_on_slices
 
     cfg = _config_from(args, method=args.method, minutes=args.minutes, iterations=args.iterations)
@@ -285,7 +289,13 @@ def cmd_train(args) -> int:
     if ndim == 3 and not 0 <= axis < 3:
         raise InputError(f"--axis {axis} does not exist: a 3D image has axes 0, 1 and 2.")
     n_slices = image.spatial_shape[axis] if ndim == 3 else 1
-    lab = _binary_mask_as_class_one(labels.data, Path(args.labels).name)
+    if args.unpainted == "unknown":  # 255 is painted background here, not a 0/255 mask's foreground
+        if not (np.asarray(labels.data) == PAINTED_BACKGROUND).any():
+            raise InputError(f"With --unpainted unknown, mark the background you are sure of with {PAINTED_BACKGROUND} "
+                             "in the label map: with none, the model would learn that everything is structure.")
+        lab = engine_labels(labels.data, "unknown")
+    else:
+        lab = _binary_mask_as_class_one(labels.data, Path(args.labels).name)
     if args.labeled == "all":
         labeled = set(range(n_slices))
     elif args.labeled_slices:
@@ -297,8 +307,8 @@ def cmd_train(args) -> int:
         if bad:
             raise InputError(f"Labeled slice {bad[0]} is outside the image (0 to {n_slices - 1}).")
         lab = labels_on_slices(lab, labeled, axis)  # labels of other slices must not leak into training
-    else:
-        labeled = labeled_slices_from_labels(lab, axis)
+    else:  # slices with paint on them (with --unpainted unknown, 0 became UNKNOWN: look at the file's values)
+        labeled = labeled_slices_from_labels(np.asarray(labels.data) if args.unpainted == "unknown" else lab, axis)
     if not labeled:
         raise InputError("The label map is empty: label at least one slice, or name slices with --labeled-slices.")
     if cfg.minutes is None and cfg.iterations is None and args.resume is None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .classes import NIFTI_COMMENT_CODE, from_text
 from .errors import InputError
 from .files import atomic_write, check_output_file
 
@@ -60,6 +61,12 @@ class SourceInfo:
             "to_display": None if self.to_display is None else [list(t) for t in self.to_display],
             "header": dict(self.header),
         }
+
+    def axis_names(self) -> tuple[str, str, str] | None:
+        """Anatomical names of the display axes' slices, where the file says how it lies in the body."""
+        if self.format == "nifti" and self.to_display is not None and len(self.to_display) == 3:
+            return ("axial", "coronal", "sagittal")  # display axes are S, P, L (see _nifti_to_display)
+        return None
 
     @classmethod
     def from_metadata(cls, meta: dict | None) -> SourceInfo | None:
@@ -209,7 +216,8 @@ def read_image(path: str | os.PathLike, *, as_labels: bool | None = None) -> Loa
     if 0 in loaded.data.shape:
         raise InputError(f"{path.name} holds no pixels (shape {tuple(loaded.data.shape)}): the file is empty or corrupt.")
     if as_labels is None:
-        as_labels = looks_like_label_file(path) and not loaded.rgb
+        # a file that carries class names (written by us) is a label map whatever its name
+        as_labels = (looks_like_label_file(path) or bool(loaded.source.header.get("classes"))) and not loaded.rgb
     if as_labels:
         if loaded.rgb:
             raise InputError(f"{path.name} is an RGB image and cannot be used as a label map.")
@@ -296,6 +304,10 @@ def _nifti_display(path: Path, img) -> LoadedImage:
               "sform_code": int(img.header["sform_code"]), "datatype": str(img.get_data_dtype())}
     if header_note:
         header["warning"] = header_note
+    classes = next((t for t in (from_text(e.get_content()) for e in img.header.extensions
+                                if e.get_code() == NIFTI_COMMENT_CODE) if t), None)
+    if classes:
+        header["classes"] = classes
 
     if data.ndim == 3:
         to_display = _nifti_to_display(affine)
@@ -360,6 +372,7 @@ def _read_tiff(path: Path) -> LoadedImage:
         _check_allocation(path, series.shape, series.dtype)
         data = series.asarray()
         spacing = _tiff_spacing(tif)
+        classes = from_text(tif.pages[0].description) if tif.pages else None
     data = np.squeeze(data) if data.ndim > 3 else data
     rgb = data.ndim >= 3 and data.shape[-1] in (3, 4) and data.dtype == np.uint8
     if rgb and data.shape[-1] == 4:
@@ -367,7 +380,8 @@ def _read_tiff(path: Path) -> LoadedImage:
     _check_dims(path, data, rgb)
     ndim = data.ndim - (1 if rgb else 0)
     spacing = spacing[-ndim:] if len(spacing) >= ndim else (1.0,) * ndim
-    return LoadedImage(data, SourceInfo(str(path), "tiff", tuple(spacing)), rgb=rgb)
+    return LoadedImage(data, SourceInfo(str(path), "tiff", tuple(spacing),
+                                        header={"classes": classes} if classes else {}), rgb=rgb)
 
 
 def _check_tiff_pages(path: Path, tif) -> None:
@@ -553,11 +567,13 @@ def check_same_shape(image: LoadedImage, labels: LoadedImage) -> None:
 # writing
 
 def write_labels(path: str | os.PathLike, labels: np.ndarray, source: SourceInfo | None = None,
-                 *, spacing: tuple[float, ...] | None = None, overwrite: bool = True) -> Path:
+                 *, spacing: tuple[float, ...] | None = None, overwrite: bool = True,
+                 classes: dict | None = None) -> Path:
     """Write a label map (display order) to NIfTI or TIFF, atomically.
 
     With a NIfTI ``source`` the mask goes back to the file's voxel grid with its affine, so it
     overlays the scan in other viewers. The dtype is the smallest unsigned type that holds it.
+    ``classes`` (names and colours, see core.classes) go into the file's header.
     """
     path = _check_output(path, source, "labels")
     if labels.ndim not in (2, 3):
@@ -566,9 +582,9 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, source: SourceInfo
     if path.exists() and not overwrite:
         raise InputError(f"{path} already exists.")
     if suffix_of(path) in NIFTI_SUFFIXES:
-        writer = lambda tmp: _write_nifti(tmp, labels, source, spacing)  # noqa: E731
+        writer = lambda tmp: _write_nifti(tmp, labels, source, spacing, classes)  # noqa: E731
     else:
-        writer = lambda tmp: _write_tiff(tmp, labels)  # noqa: E731
+        writer = lambda tmp: _write_tiff(tmp, labels, classes)  # noqa: E731
     return atomic_write(path, writer, "labels", suffix=suffix_of(path))
 
 
@@ -585,10 +601,13 @@ def _check_output(path: str | os.PathLike, source: SourceInfo | None, what: str)
     return check_export_path(path, [source.path] if source is not None and source.path else [], what)
 
 
-def _write_tiff(tmp: str, labels: np.ndarray) -> None:
+def _write_tiff(tmp: str, labels: np.ndarray, classes: dict | None = None) -> None:
     import tifffile
 
-    tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack", metadata=None)
+    from .classes import to_text
+
+    tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack", metadata=None,
+                     description=to_text(classes) if classes else None)
 
 
 def _to_file_grid(data: np.ndarray, source: SourceInfo | None, spacing=None) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -609,8 +628,10 @@ def _to_file_grid(data: np.ndarray, source: SourceInfo | None, spacing=None) -> 
     return np.ascontiguousarray(data.T), np.diag([-sp[1], -sp[0], 1.0, 1.0]), False
 
 
-def _write_nifti(tmp: str, labels: np.ndarray, source: SourceInfo | None, spacing) -> None:
+def _write_nifti(tmp: str, labels: np.ndarray, source: SourceInfo | None, spacing, classes=None) -> None:
     import nibabel as nib
+
+    from .classes import to_text
 
     grid, affine, on_scan = _to_file_grid(labels, source, spacing)
     img = nib.Nifti1Image(grid, affine)
@@ -619,6 +640,8 @@ def _write_nifti(tmp: str, labels: np.ndarray, source: SourceInfo | None, spacin
     img.set_sform(affine, code=max(1, int(codes[1])))
     img.set_data_dtype(labels.dtype)
     img.header["descrip"] = b"napari-semiseg labels"
+    if classes:
+        img.header.extensions.append(nib.nifti1.Nifti1Extension(NIFTI_COMMENT_CODE, to_text(classes).encode()))
     nib.save(img, tmp)
 
 

@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .classes import UNKNOWN
+
 
 def sigmoid_rampup(current: float, length: float) -> float:
     """exp(-5 (1 - t)^2) for t = current / length clipped to [0, 1] (Laine & Aila, 2017)."""
@@ -47,8 +49,16 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch
     return (ce * w).sum() / w.sum().clamp_min(1.0)
 
 
+def split_known(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target with unknown pixels set to background, mask of the known pixels)."""
+    known = target != UNKNOWN
+    return target.masked_fill(~known, 0), known
+
+
 def supervised_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """0.5 (CE + Dice), the field's supervised loss."""
+    """0.5 (CE + Dice), the field's supervised loss, over the known pixels (and ``mask``)."""
+    target, known = split_known(target)
+    mask = known if mask is None else mask & known
     probs = torch.softmax(logits.float(), 1)
     return 0.5 * (masked_cross_entropy(logits, target, mask)
                   + soft_dice_loss(probs, one_hot(target, logits.shape[1]), mask))
@@ -58,12 +68,13 @@ def supervised_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tens
 def labeled_agreement(logits: torch.Tensor, target: torch.Tensor) -> float:
     """Dice of the network's hard prediction with the labels, averaged over the foreground classes
     present in ``target`` (pooled over the batch); 1.0 when the batch holds no foreground."""
+    target, known = split_known(target)
     pred = logits.argmax(1)
     scores = []
-    for c in target.unique().tolist():
+    for c in target[known].unique().tolist():
         if c == 0:
             continue
-        p, g = pred == c, target == c
+        p, g = (pred == c) & known, target == c
         scores.append(2.0 * (p & g).sum().item() / max(1, p.sum().item() + g.sum().item()))
     return float(sum(scores) / len(scores)) if scores else 1.0
 

@@ -85,3 +85,28 @@ def propose_slice(scores: np.ndarray, labeled, policy: str = "gain") -> int:
 
 def unknown_policy(policy: str) -> InputError:
     return InputError(f"Unknown slice proposal '{policy}': use {', '.join(POLICIES)}.")
+
+
+def tile_size(shape: tuple[int, int]) -> int:
+    """Tiles for a 2D image: an eighth of its shorter side, at least 64 pixels."""
+    return int(max(64, min(shape) // 8))
+
+
+def propose_tile(uncertainty: np.ndarray, known: np.ndarray, exclude=()) -> tuple[int, int, int, int]:
+    """For a 2D image, the tile to look at next (top, left, bottom, right): where the teacher is most
+    uncertain about pixels whose label is not known yet. ``exclude``: tiles (top, left) to skip."""
+    unc = np.asarray(uncertainty, np.float32)
+    t = tile_size(unc.shape)
+    best, where = -1.0, None
+    for top in range(0, unc.shape[0], t):
+        for left in range(0, unc.shape[1], t):
+            if (top, left) in exclude:
+                continue
+            u = unc[top:top + t, left:left + t]
+            open_ = ~np.asarray(known[top:top + t, left:left + t], bool)
+            value = float((u * open_).mean())
+            if value > best:
+                best, where = value, (top, left, min(top + t, unc.shape[0]), min(left + t, unc.shape[1]))
+    if where is None or best <= 0:
+        raise InputError("Every tile is labeled or certain: nothing left to propose.")
+    return where

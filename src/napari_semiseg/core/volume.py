@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .classes import UNKNOWN
 from .io import InputError
 
 NETWORK_MULTIPLE = 16  # four 2x poolings in UNet2D
@@ -167,7 +168,7 @@ class Volume:
         vals = set()
         for i in self.labeled:
             vals |= set(np.unique(self.raw_label_slice(i)).tolist())
-        return sorted(vals | {0})
+        return sorted((vals - {UNKNOWN}) | {0})
 
     # ---- slices (read one at a time: the image may be a memory-mapped file, a dask or a zarr array)
     def _index(self, i: int) -> tuple:
@@ -221,12 +222,16 @@ class Volume:
         return hit
 
     def foreground(self, i: int, geometry: WorkingGeometry) -> dict[int, np.ndarray]:
-        """Flat indices of each foreground class's pixels in a labeled slice (working resolution), cached."""
+        """Flat indices of each class's pixels in a labeled slice (working resolution), cached: the
+        foreground classes, and on a partly labeled slice also the background the user painted, so
+        that patches are centred where something is known."""
         key = ("fg", i, geometry.scale)
         hit = self._cache.get(key)
         if hit is None:
             flat = self.working_label(i, geometry).reshape(-1).numpy()
-            hit = self._cache.put(key, {int(c): np.flatnonzero(flat == c) for c in np.unique(flat) if c != 0},
+            values = set(np.unique(flat).tolist())
+            centres = values - {UNKNOWN} - ({0} if UNKNOWN not in values else set())
+            hit = self._cache.put(key, {int(c): np.flatnonzero(flat == c) for c in sorted(centres)},
                                   nbytes=flat.size)
         return hit
 
@@ -324,6 +329,25 @@ def labeled_slices_from_labels(labels: np.ndarray, axis: int) -> set[int]:
         return {0} if labels.any() else set()
     other = tuple(a for a in range(3) if a != axis)
     return {int(i) for i in np.flatnonzero(np.any(labels, axis=other))}
+
+
+def painting_axis(labels: np.ndarray, axis: int) -> int | None:
+    """The axis these labels look painted along, when it is not ``axis``; else None.
+
+    A slice painted along one axis crosses every slice of another axis that it cuts, and each of
+    those would count as labeled, hence be taught as complete, though it holds one line of paint.
+    Painted slices are few and apart along the axis they were painted on: a single slice, or
+    slices with gaps, three times fewer than along ``axis``. A volume labeled whole is not flagged.
+    """
+    if labels.ndim != 3:
+        return None
+    found = [sorted(labeled_slices_from_labels(labels, a)) for a in range(3)]
+    best = min(range(3), key=lambda a: len(found[a]))
+    painted = found[best]
+    if best == axis or not painted or len(painted) * 3 > len(found[axis]):
+        return None
+    apart = len(painted) == 1 or painted[-1] - painted[0] + 1 > len(painted)
+    return best if apart else None
 
 
 def labels_on_slices(labels: np.ndarray, slices, axis: int) -> np.ndarray:

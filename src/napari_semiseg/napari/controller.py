@@ -13,25 +13,39 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info
+from napari.utils import notifications
 
 from ..core.autosave import Autosaver, Slot, default_root
 from ..core.checkpoint import is_model_folder, load_method, model_dir
+from ..core.classes import (CLASSES_KEY, PAINTED_BACKGROUND, PAINTED_BACKGROUND_CLASS, UNPAINTED, complete,
+                            default_class, engine_labels)
 from ..core.errors import InputError, is_out_of_memory, out_of_memory_message
-from ..core.proposal import propose_slice
+from ..core.proposal import propose_slice, propose_tile
 from ..core.trainer import LabelUpdate, Report, TrainConfig, Trainer
-from ..core.volume import Volume, final_segmentation, labeled_slices_from_labels
-from .layers import SOURCE_KEY
+from ..core.io import SourceInfo
+from ..core.volume import Volume, final_segmentation, labeled_slices_from_labels, painting_axis
+from .edits import LabelEditWatcher
+from .layers import SOURCE_KEY, label_colormap
 
 PSEUDO = "pseudo-labels"
 UNCERTAINTY = "uncertainty"
-UNCERTAIN_REGIONS = "uncertain regions"
 SEGMENTATION = "segmentation"
+SURFACE = "segmentation surface"
+LIVE_LAYERS = (PSEUDO, UNCERTAINTY, SEGMENTATION, SURFACE)
+OVERLAYS = ("pseudo-labels", "uncertainty", "none")  # what lies over the scan while training
 
 
 TRAINING_GC_THRESHOLDS = (20000, 50, 50)  # Python's defaults are (700, 10, 10)
+
+
+class Proposal(NamedTuple):
+    """A whole-volume proposal to show: labels, and the uncertainty when there is one."""
+
+    labels: np.ndarray
+    uncertainty: np.ndarray | None
 
 
 class TrainingFailed(Exception):
@@ -50,11 +64,15 @@ class SessionState:
     axis: int = 0
     marked_empty: set[int] = field(default_factory=set)
     last_report: Report | None = None
-    loss_history: list[float] = field(default_factory=list)
+    loss_history: list[tuple[int, float]] = field(default_factory=list)  # (iteration, loss)
+    proposal_source: str | None = None  # what the pseudo-labels layer shows: "interpolation" or "teacher"
+    volumes_ml: dict[int, float] | None = None  # per class, from the last Finish (None: not finished)
     slice_scores: np.ndarray | None = None
     model_dir: Path | None = None
     checkpoint_iteration: int | None = None
     resume_next: bool = False  # the next Train continues model_dir (after Load, a restore or a crash)
+    unpainted: str = "background"  # what unpainted pixels of a labeled slice mean (core.classes.UNPAINTED)
+    tile: tuple[int, int, int, int] | None = None  # 2D: the tile Next proposed (top, left, bottom, right)
 
 
 class SessionController:
@@ -67,7 +85,7 @@ class SessionController:
         self.worker = None
         self.on_change = on_change or (lambda: None)
         self.uncertainty_threshold = 0.5
-        self.show_uncertain_regions = False
+        self.overlay = OVERLAYS[0]
         self._pending_labels = False
         self._progress_bar = None
         self._done = threading.Event()
@@ -78,6 +96,19 @@ class SessionController:
         self.slot: Slot | None = None
         self.autosave_offer: str | None = None  # what "Restore autosaved labels" would bring back
         self._pending_writes: list = []  # chunks of a whole-volume result still to write into the layers
+        self.edits: LabelEditWatcher | None = None
+        self.last_message: tuple[str, str] | None = None  # (severity, text) of the last notification
+        self._interpolation_timer = None
+        self._interpolating = self._interpolate_again = False
+        self._labeled_cache: tuple | None = None  # (key, labeled slices): a CT takes 50 ms to scan
+
+    def notify(self, severity: str, message: str) -> None:
+        """A napari notification (its toast shows one line until expanded), and the whole message in
+        the widget, where it stays until the next one."""
+        getattr(notifications, f"show_{severity}")(message)  # napari's are safe from any thread
+        self.last_message = (severity, message)
+        if threading.current_thread() is threading.main_thread():  # the autosaver reports from its own
+            self.on_change()
 
     # ------------------------------------------------------------------ layers and slices
     def set_layers(self, image_layer, labels_layer=None, axis: int | None = None, create_labels: bool = False) -> None:
@@ -101,10 +132,11 @@ class SessionController:
         self._disconnect_labels()
         self.state.image_layer, self.state.labels_layer = image_layer, labels_layer
         self.state.axis = self.default_axis() if axis is None else axis
-        labels_layer.events.paint.connect(self._on_user_edit)
-        labels_layer.events.data.connect(self._on_user_edit)
+        self.edits = LabelEditWatcher(labels_layer, self._labels_edited)
+        self._labeled_cache = None  # its key holds the new watcher's count, which starts again at 0
         if changed or self.autosaver is None:
             self._start_autosave()
+        self._show_axis()
         self.on_change()
 
     # ------------------------------------------------------------------ autosave
@@ -118,7 +150,7 @@ class SessionController:
         found = self.autosaved()
         self.autosave_offer = None if found is None else self._describe(found)
         if self.autosave_offer:
-            show_info(f"Labels of this image autosaved {self.autosave_offer} were found: 'Restore labels' "
+            self.notify("info", f"Labels of this image autosaved {self.autosave_offer} were found: 'Restore labels' "
                       "brings them back as a new layer.")
 
     def _describe(self, found: dict) -> str:
@@ -131,12 +163,11 @@ class SessionController:
 
     def _autosave_info(self, lab) -> dict:
         return {"image": self.state.image_layer.name if self.state.image_layer else "", "labels_layer": lab.name,
-                "axis": self.state.axis, "marked_empty": sorted(self.state.marked_empty)}
+                "axis": self.state.axis, "marked_empty": sorted(self.state.marked_empty),
+                "unpainted": self.state.unpainted}
 
     def _autosave_failed(self, err: Exception) -> None:
-        from napari.utils.notifications import show_warning
-
-        show_warning(f"Autosave of your labels failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        self.notify("warning", f"Autosave of your labels failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
                      " Export them with File > Save Selected Layers.")
 
     def _stop_autosave(self) -> None:
@@ -171,6 +202,7 @@ class SessionController:
                                        metadata=_source_meta(img))
         self.set_layers(img, layer, int(found.get("axis", self.state.axis)))
         self.state.marked_empty = {int(i) for i in found.get("marked_empty", [])}
+        self.state.unpainted = found.get("unpainted", "background")
         if found["model"] is not None:
             meta = self.load_model(found["model"])
             self.state.checkpoint_iteration = int(meta.get("iteration", 0))
@@ -179,13 +211,9 @@ class SessionController:
         return layer
 
     def _disconnect_labels(self) -> None:
-        old = self.state.labels_layer
-        if old is not None:
-            for ev in (old.events.paint, old.events.data):
-                try:
-                    ev.disconnect(self._on_user_edit)
-                except (TypeError, ValueError, RuntimeError):
-                    pass
+        if self.edits is not None:
+            self.edits.close()
+            self.edits = None
 
     @staticmethod
     def _spatial_shape(image_layer) -> tuple[int, ...]:
@@ -197,12 +225,22 @@ class SessionController:
         spatial = self._spatial_shape(image_layer)
         for layer in self.viewer.layers:
             if layer._type_string == "labels" and tuple(layer.data.shape) == spatial \
-                    and layer.name not in (PSEUDO, UNCERTAIN_REGIONS, SEGMENTATION):
+                    and layer.name not in LIVE_LAYERS:
                 return layer
-        if not create:
-            return None
-        return self.viewer.add_labels(np.zeros(spatial, np.uint8), name="annotations", scale=image_layer.scale,
-                                      translate=image_layer.translate, metadata=_source_meta(image_layer))
+        return self._add_labels_layer(image_layer) if create else None
+
+    def _add_labels_layer(self, image_layer):
+        return self.viewer.add_labels(np.zeros(self._spatial_shape(image_layer), np.uint8), name="annotations",
+                                      scale=image_layer.scale, translate=image_layer.translate,
+                                      metadata=_source_meta(image_layer))
+
+    def new_labels_layer(self):
+        """An empty labels layer on the chosen image's grid, chosen for annotation."""
+        if self.state.image_layer is None:
+            raise InputError("Open an image first.")
+        layer = self._add_labels_layer(self.state.image_layer)
+        self.set_layers(self.state.image_layer, layer, self.state.axis)
+        return layer
 
     def default_axis(self) -> int:
         """The axis napari is slicing (for 3D), else 0."""
@@ -212,6 +250,67 @@ class SessionController:
         not_displayed = [d - (self.viewer.dims.ndim - 3) for d in self.viewer.dims.not_displayed]
         candidates = [d for d in not_displayed if 0 <= d < 3]
         return candidates[0] if candidates else 0
+
+    def axis_words(self, axis: int | None = None) -> str:
+        """'sagittal' for a NIfTI (where the file says how it lies in the body), else 'axis 2'."""
+        axis = self.state.axis if axis is None else axis
+        src = SourceInfo.from_metadata((getattr(self.state.image_layer, "metadata", {}) or {}).get(SOURCE_KEY))
+        names = src.axis_names() if src is not None else None
+        return names[axis] if names else f"axis {axis}"
+
+    def set_axis(self, axis: int) -> None:
+        """Label and train on slices along ``axis``; napari's view turns to show those slices."""
+        if self.running:
+            raise InputError("Stop training to change the slice axis.")
+        self.state.axis = int(axis)
+        self._show_axis()
+        self.warn_if_painted_across()
+        self.on_change()
+
+    def _show_axis(self) -> None:
+        """Roll napari's 2D view so that it slices along the session's axis."""
+        if not self.is_3d or self.viewer.dims.ndisplay != 2:
+            return
+        target = self.viewer.dims.ndim - 3 + self.state.axis
+        order = [d for d in self.viewer.dims.order if d != target]
+        order = order[:-2] + [target] + order[-2:]
+        if tuple(order) != tuple(self.viewer.dims.order):
+            self.viewer.dims.order = tuple(order)
+
+    def view_changed(self, event=None) -> None:
+        """napari's sliced axis changed (its roll or transpose buttons): the session follows it. While
+        training, painting is switched off on other axes: a stroke there would cross many training
+        slices, each of which would then be taught as complete."""
+        if not self.is_3d:
+            return
+        seen = self.default_axis() if self.viewer.dims.ndisplay == 2 else None
+        if self.running:  # the trainer's axis stays; painting follows whether the view shows it
+            lab = self.state.labels_layer
+            along = seen == self.state.axis
+            if lab is not None and lab.editable != along:
+                lab.editable = along
+                if not along:
+                    self.notify("warning", f"Painting is off while you look at other than {self.axis_words()} slices: "
+                                 "training learns from those. Stop training to label along another axis.")
+            return
+        if seen is not None and seen != self.state.axis:
+            self.state.axis = seen
+            self.warn_if_painted_across()
+            self.on_change()
+
+    def warn_if_painted_across(self) -> bool:
+        """Say so when the labels look painted along another axis than the session's."""
+        lab = self.state.labels_layer
+        if lab is None or not self.is_3d:
+            return False
+        other = painting_axis(np.asarray(lab.data), self.state.axis)
+        if other is None:
+            return False
+        n = len(self.labeled_slices())
+        self.notify("warning", f"Your labels look painted on {self.axis_words(other)} slices, but the slice axis is "
+                     f"{self.axis_words()}: each of its {n} slices crossed by paint would be taught as fully "
+                     f"labeled. Turn the view to {self.axis_words(other)} slices, or label whole slices here.")
+        return True
 
     @property
     def is_3d(self) -> bool:
@@ -239,9 +338,12 @@ class SessionController:
         lab = self.state.labels_layer
         if lab is None:
             return set()
-        painted = labeled_slices_from_labels(np.asarray(lab.data), self.state.axis) if self.is_3d else (
-            {0} if np.asarray(lab.data).any() else set())
-        return painted | self.state.marked_empty
+        key = (id(lab), self.state.axis, self.edits.version if self.edits is not None else None)
+        if self._labeled_cache is None or self._labeled_cache[0] != key or key[2] is None:
+            painted = labeled_slices_from_labels(np.asarray(lab.data), self.state.axis) if self.is_3d else (
+                {0} if np.asarray(lab.data).any() else set())
+            self._labeled_cache = (key, painted)
+        return self._labeled_cache[1] | self.state.marked_empty
 
     def toggle_mark_labeled(self) -> bool:
         """Mark the current slice as labeled even if all background ("nothing here"), or unmark it."""
@@ -250,15 +352,35 @@ class SessionController:
             self.state.marked_empty.discard(i)
             marked = False
             if i in self.labeled_slices():
-                show_info(f"Slice {i} still counts as labeled: it has painted labels.")
+                self.notify("info", f"Slice {i} still counts as labeled: it has painted labels.")
         else:
             self.state.marked_empty.add(i)
             marked = True
-        if self.autosaver is not None:
-            self.autosaver.mark_dirty()
-        self._send_labels()
-        self.on_change()
+        self._labels_edited()
         return marked
+
+    def unavailable(self) -> dict[str, str | None]:
+        """For each action, why it cannot run now (None: it can). The widget disables the button
+        and shows the reason as its tooltip."""
+        st = self.state
+        no_labels = "Open an image first." if st.image_layer is None else (
+            "Choose your labels layer above, or '(new labels layer)' to make one." if st.labels_layer is None
+            else None)
+        no_proposal = no_labels or (None if PSEUDO in self.viewer.layers else
+                                    "There is no proposal yet: label two slices, or press Train.")
+        no_scores = no_labels or (None if st.slice_scores is not None else
+                                  "Available once training has shown its first pseudo-labels.")
+        running = "Training is running." if self.running else None
+        idle = None if self.running else "Not training."
+        return {
+            "train": running or no_labels or (None if self.labeled_slices() else
+                                              "Paint a few slices (or mark empty ones), then Train."),
+            "pause": idle, "stop": idle, "next": no_scores, "accept": no_proposal,
+            "accept_next": no_proposal or no_scores, "finish": no_proposal, "mark": no_labels,
+            "save": "There is no model yet: train first." if self.trainer is None else (
+                "Pause or stop training first." if self.running and not self.paused else None),
+            "load": running,
+        }
 
     # ------------------------------------------------------------------ training
     @property
@@ -280,6 +402,12 @@ class SessionController:
         if not labeled:
             raise InputError("No slice is labeled yet: paint a few slices (or mark empty ones with "
                              "'Mark slice as labeled'), then press Train.")
+        if self.state.unpainted == "unknown" and not (np.asarray(self.state.labels_layer.data)
+                                                      == PAINTED_BACKGROUND).any():
+            raise InputError(f"Unpainted pixels are unknown, and no background is painted: paint some with class "
+                             f"{PAINTED_BACKGROUND} ('background (painted)'), or the model learns that everything "
+                             "is structure.")
+        self.warn_if_painted_across()
         snapshot = self._snapshot(labeled)
         # Garbage collections over napari's hundreds of thousands of objects, triggered by the
         # training thread's allocations, hold the GIL for up to 0.4 s and freeze the viewer. Freezing
@@ -293,6 +421,7 @@ class SessionController:
             config.threads = gui_thread_count()
         self.trainer = None
         self._stop_requested = False
+        self._pending_writes = []  # an interpolated proposal still being written: the teacher's replaces it
         self.state.loss_history.clear()
         self._ensure_live_layers(arrange=True)
         from napari.qt.threading import create_worker
@@ -337,9 +466,28 @@ class SessionController:
         """What the trainer gets: the image as is and a copy of the labels (it never sees half-painted edits)."""
         img = self.state.image_layer
         # the image as the layer holds it (numpy, memory map, dask, zarr): read a slice at a time, never copied
-        return {"image": img.data, "labels": np.array(self.state.labels_layer.data, copy=True),
+        return {"image": img.data, "labels": self.engine_labels(),
                 "labeled": set(labeled), "axis": self.state.axis if self.is_3d else 0,
                 "channels": bool(getattr(img, "rgb", False)), "name": img.name, "focus": self.current_slice()}
+
+    def engine_labels(self) -> np.ndarray:
+        """A copy of the user's labels as the trainer learns from them (see core.classes.engine_labels)."""
+        return engine_labels(np.asarray(self.state.labels_layer.data), self.state.unpainted)
+
+    def set_unpainted(self, meaning: str) -> None:
+        """Whether unpainted pixels of a labeled slice are background (slices painted whole) or unknown
+        (paint some structure and some background, with the 'background (painted)' class)."""
+        if meaning not in UNPAINTED:
+            raise InputError(f"Unpainted pixels mean one of {', '.join(UNPAINTED)}, not '{meaning}'.")
+        if self.running and meaning != self.state.unpainted:
+            raise InputError("Stop training to change what unpainted pixels mean.")
+        self.state.unpainted = meaning
+        if self.state.labels_layer is not None:
+            self._apply_class_colours()
+            if meaning == "unknown":
+                self.notify("info", f"Unpainted pixels are now unknown: paint background with class {PAINTED_BACKGROUND} "
+                          "('background (painted)') where you are sure there is no structure.")
+        self.on_change()
 
     def pause(self) -> None:
         if self.trainer is not None:
@@ -362,11 +510,64 @@ class SessionController:
             self.trainer.resume()
             self.trainer.stop()
 
-    def _on_user_edit(self, event=None) -> None:
+    def _labels_edited(self) -> None:
+        """After any change to the user's labels (stroke, fill, undo, redo, Accept): autosave, tell
+        the trainer, and show the new labeled slices."""
+        if self.state.labels_layer is None:
+            return
         if self.autosaver is not None:
             self.autosaver.mark_dirty()
         if self.running:
             self._send_labels()
+        else:
+            self.propose_by_interpolation()
+        self.on_change()
+
+    INTERPOLATION_DELAY_MS = 500  # after the last edit: not on every dab of a stroke
+
+    def propose_by_interpolation(self) -> None:
+        """Before any training, the first proposal: the shape interpolated between the labeled slices
+        (two at least) appears in the pseudo-labels layer, ready to be accepted or corrected. It is
+        computed off the GUI thread (a second on a 300-slice CT) half a second after the last edit."""
+        if not self.is_3d or self.state.proposal_source == "teacher" or len(self.labeled_slices()) < 2:
+            return
+        if self._interpolation_timer is None:
+            from qtpy.QtCore import QTimer
+
+            self._interpolation_timer = QTimer()
+            self._interpolation_timer.setSingleShot(True)
+            self._interpolation_timer.timeout.connect(self._interpolate)
+        self._interpolation_timer.start(self.INTERPOLATION_DELAY_MS)
+
+    def _interpolate(self) -> None:
+        if self._interpolating:  # one at a time; the latest labels are taken when it returns
+            self._interpolate_again = True
+            return
+        if self.running or self.state.labels_layer is None or self.state.proposal_source == "teacher":
+            return
+        labeled = sorted(self.labeled_slices())
+        if len(labeled) < 2:
+            return
+        from napari.qt.threading import create_worker
+
+        from ..core.interpolation import interpolate_labels
+
+        self._interpolating, self._interpolate_again = True, False
+        create_worker(interpolate_labels, np.array(self.state.labels_layer.data, copy=True), labeled,
+                      self.state.axis, _connect={"returned": self._show_interpolation,
+                                                 "finished": self._interpolation_done}, _start_thread=True)
+
+    def _show_interpolation(self, guess: np.ndarray) -> None:
+        if self.running or self.state.proposal_source == "teacher" or self.state.image_layer not in self.viewer.layers:
+            return
+        self.state.proposal_source = "interpolation"
+        self._write_whole(Proposal(guess, None))
+        self.on_change()
+
+    def _interpolation_done(self) -> None:
+        self._interpolating = False
+        if self._interpolate_again:
+            self._interpolate()
 
     def _send_labels(self) -> None:
         if not self.running or self.state.labels_layer is None:
@@ -374,13 +575,15 @@ class SessionController:
         labeled = self.labeled_slices()
         if not labeled:
             return
-        update = LabelUpdate(np.array(self.state.labels_layer.data, copy=True), labeled)
+        update = LabelUpdate(self.engine_labels(), labeled)
         self.worker.send(update)
 
     def _on_report(self, report: Report) -> None:
         self.state.last_report = report
+        if report.slices is not None or report.prediction is not None:
+            self.state.proposal_source = "teacher"
         if "loss" in report.losses:
-            self.state.loss_history.append(report.losses["loss"])
+            self.state.loss_history.append((report.iteration, report.losses["loss"]))
         if self.state.image_layer in self.viewer.layers:
             if report.slices is not None:
                 self._show_slices(report.slices)
@@ -403,16 +606,20 @@ class SessionController:
             kept = (f" The last checkpoint (iteration {self.state.checkpoint_iteration}) is kept in "
                     f"{self.state.model_dir}: Train resumes from it.")
             self.state.resume_next = True
-        show_error(f"Training stopped: {msg}{kept} Your labels are untouched.")
+        self.notify("error", f"Training stopped: {msg}{kept} Your labels are untouched.")
         self._cleanup_worker()
 
     def _on_finished(self) -> None:
         if self.state.model_dir is not None:
-            show_info(f"Training finished; the model is saved in {self.state.model_dir}.")
+            self.notify("info", f"Training finished; the model is saved in {self.state.model_dir}.")
         self._cleanup_worker()
 
     def _cleanup_worker(self) -> None:
         self.worker = None
+        lab = self.state.labels_layer
+        if lab is not None and not lab.editable:
+            lab.editable = True  # switched off while training and viewing another axis
+            self.view_changed()
         if self._gc_thresholds is not None:
             gc.set_threshold(*self._gc_thresholds)
             self._gc_thresholds = None
@@ -432,12 +639,17 @@ class SessionController:
         shape = self._spatial_shape(self.state.image_layer)
         kw = self._live_kwargs()
         if PSEUDO not in self.viewer.layers:
-            self.viewer.add_labels(np.zeros(shape, np.uint8), name=PSEUDO, opacity=0.45, **kw)
+            # outlines, where the user's labels are filled; the machine's layers take no paint (a stroke
+            # there would vanish at the next refresh)
+            layer = self.viewer.add_labels(np.zeros(shape, np.uint8), name=PSEUDO, opacity=0.9, **kw)
+            layer.contour = 1
+            layer.editable = False
+            self._apply_class_colours()
         if UNCERTAINTY not in self.viewer.layers:
-            self.viewer.add_image(np.zeros(shape, np.float32), name=UNCERTAINTY, colormap=uncertainty_colormap(),
+            self.viewer.add_image(np.zeros(shape, np.float32), name=UNCERTAINTY,
+                                  colormap=uncertainty_colormap(self.uncertainty_threshold),
                                   contrast_limits=(0.0, 1.0), blending="translucent", opacity=0.8, **kw)
-        if self.show_uncertain_regions and UNCERTAIN_REGIONS not in self.viewer.layers:
-            self.viewer.add_labels(np.zeros(shape, np.uint8), name=UNCERTAIN_REGIONS, opacity=0.6, **kw)
+            self.set_overlay(self.overlay)
         # keep the user's labels on top so painting stays visible
         lab = self.state.labels_layer
         if arrange and lab in self.viewer.layers:
@@ -450,6 +662,9 @@ class SessionController:
         """The whole volume (the last report), written a few slices per event-loop turn: one write of
         a 300 MB CT froze the viewer for 0.4 s."""
         self.state.slice_scores = np.asarray(pred.slice_scores, float)
+        self._write_whole(pred)
+
+    def _write_whole(self, pred) -> None:
         if not self.is_3d:
             self._write_live(slice(None), pred.labels, pred.uncertainty)
             return
@@ -464,7 +679,8 @@ class SessionController:
         idx = [slice(None)] * 3
         idx[self.state.axis] = slice(start, start + self.WRITE_SLICES_PER_TURN)
         if self.state.image_layer in self.viewer.layers:
-            self._write_live(idx[self.state.axis], pred.labels[tuple(idx)], pred.uncertainty[tuple(idx)])
+            self._write_live(idx[self.state.axis], pred.labels[tuple(idx)],
+                             None if pred.uncertainty is None else pred.uncertainty[tuple(idx)])
         if self._pending_writes:
             from qtpy.QtCore import QTimer
 
@@ -487,8 +703,9 @@ class SessionController:
                              np.moveaxis(part.uncertainty, 0, self.state.axis))
         self.state.slice_scores[np.asarray(part.slices)] = part.scores
 
-    def _write_live(self, where, labels: np.ndarray, uncertainty: np.ndarray) -> None:
-        """In place (the layers are never re-created); ``where`` indexes the slice axis."""
+    def _write_live(self, where, labels: np.ndarray, uncertainty: np.ndarray | None) -> None:
+        """In place (the layers are never re-created); ``where`` indexes the slice axis. No uncertainty
+        (an interpolated proposal) leaves that layer as it is."""
         self._ensure_live_layers()
         idx = [slice(None)] * labels.ndim
         if self.is_3d:
@@ -497,28 +714,29 @@ class SessionController:
         layers = self.viewer.layers
         layers[PSEUDO].data[idx] = labels
         layers[PSEUDO].refresh()
-        layers[UNCERTAINTY].data[idx] = uncertainty
-        layers[UNCERTAINTY].refresh()
-        if self.show_uncertain_regions:
-            layers[UNCERTAIN_REGIONS].data[idx] = (uncertainty > self.uncertainty_threshold).astype(np.uint8)
-            layers[UNCERTAIN_REGIONS].refresh()
+        if uncertainty is not None:
+            layers[UNCERTAINTY].data[idx] = uncertainty
+            layers[UNCERTAINTY].refresh()
 
     def follow_view(self, event=None) -> None:
         """The slice on screen is the one the next live refresh predicts first."""
         if self.trainer is not None and self.state.labels_layer is not None and self.is_3d:
             self.trainer.set_focus(self.current_slice())
 
-    def set_uncertain_regions(self, show: bool, threshold: float | None = None) -> None:
-        self.show_uncertain_regions = show
-        if threshold is not None:
+    def set_overlay(self, overlay: str, threshold: float | None = None) -> None:
+        """What lies over the scan: the pseudo-labels (outlines), the uncertainty above ``threshold``
+        (below it the scan shows through), or nothing."""
+        if overlay not in OVERLAYS:
+            raise InputError(f"Unknown overlay '{overlay}': choose one of {', '.join(OVERLAYS)}.")
+        self.overlay = overlay
+        layers = self.viewer.layers
+        if threshold is not None and float(threshold) != self.uncertainty_threshold:
             self.uncertainty_threshold = float(threshold)
-        if show and UNCERTAINTY in self.viewer.layers:
-            self._ensure_live_layers()
-            unc = self.viewer.layers[UNCERTAINTY].data
-            self.viewer.layers[UNCERTAIN_REGIONS].data[...] = (unc > self.uncertainty_threshold).astype(np.uint8)
-            self.viewer.layers[UNCERTAIN_REGIONS].refresh()
-        elif not show and UNCERTAIN_REGIONS in self.viewer.layers:
-            self.viewer.layers.remove(UNCERTAIN_REGIONS)
+            if UNCERTAINTY in layers:
+                layers[UNCERTAINTY].colormap = uncertainty_colormap(self.uncertainty_threshold)
+        for name, kind in ((PSEUDO, "pseudo-labels"), (UNCERTAINTY, "uncertainty")):
+            if name in layers:
+                layers[name].visible = overlay == kind
 
     # ------------------------------------------------------------------ review
     def next_uncertain_slice(self) -> int:
@@ -526,9 +744,27 @@ class SessionController:
         from the labeled ones (core.proposal). Slices the live sweep has not reached yet are skipped."""
         if self.state.slice_scores is None:
             raise InputError("No prediction yet: press Train and wait for the first pseudo-labels.")
+        if not self.is_3d:
+            return self._next_tile()
         best = propose_slice(self.state.slice_scores, self.labeled_slices())
         self.go_to_slice(best)
         return best
+
+    def _next_tile(self) -> int:
+        """2D: centre the view on the tile most uncertain where nothing is painted yet; Accept takes it."""
+        self.flush_writes()
+        known = np.asarray(self.state.labels_layer.data) != 0
+        tile = propose_tile(self.viewer.layers[UNCERTAINTY].data, known)
+        self.state.tile = tile
+        top, left, bottom, right = tile
+        layer = self.state.labels_layer
+        centre = layer.data_to_world(((top + bottom) / 2, (left + right) / 2))
+        self.viewer.camera.center = tuple(float(v) for v in centre)
+        canvas = getattr(self.viewer, "_canvas_size", None)
+        if canvas is not None and min(canvas) > 0:
+            extent = max(bottom - top, right - left) * float(max(layer.scale[-2:]))
+            self.viewer.camera.zoom = 0.8 * min(canvas) / extent
+        return 0
 
     def accept_slice(self) -> int:
         """Copy the pseudo-label of the current slice into the user's labels (one undo step).
@@ -545,33 +781,134 @@ class SessionController:
             sl[self.state.axis] = i
         pseudo = np.asarray(self.viewer.layers[PSEUDO].data[tuple(sl)])
         user = np.asarray(lab.data[tuple(sl)])
+        if self.state.unpainted == "unknown":  # what the teacher calls background becomes known background
+            pseudo = np.where(pseudo == 0, PAINTED_BACKGROUND, pseudo)
         merged = np.where(user != 0, user, pseudo).astype(lab.data.dtype)
+        if not self.is_3d and self.state.tile is not None and self.state.unpainted == "unknown":
+            top, left, bottom, right = self.state.tile  # a 2D image is accepted a tile at a time
+            inside = np.zeros(merged.shape, bool)
+            inside[top:bottom, left:right] = True
+            merged = np.where(inside, merged, user)
         idx2d = np.nonzero(merged != user)
         if idx2d[0].size:
             full = []
             it = iter(idx2d)
             for a in range(lab.ndim):
                 full.append(np.full(idx2d[0].shape, i) if (self.is_3d and a == self.state.axis) else next(it))
-            with lab.block_history():
+            with lab.block_history():  # one undo step; its paint event reaches the trainer
                 lab.data_setitem(tuple(full), merged[idx2d])
-        self.state.marked_empty.add(i)  # accepted, even if the teacher saw only background
-        self._send_labels()
-        self.on_change()
+        if not merged.any():
+            # nothing to paint, hence nothing to undo: the slice is marked, and 'Unmark' takes it back
+            self.state.marked_empty.add(i)
+            self.notify("info", f"Slice {i} accepted as empty; 'Unmark slice {i}' takes it back.")
+            self._labels_edited()
         return i
 
+    def accept_and_next(self) -> int:
+        """Accept the slice on screen, then go to the next proposed one."""
+        self.accept_slice()
+        return self.next_uncertain_slice()
+
     def finish(self):
-        """A new Labels layer: the user's labels on labeled slices, the teacher's elsewhere."""
+        """A new Labels layer: the user's labels on labeled slices, the proposal elsewhere; for a
+        volume, each class's volume (mL where the image has a spacing) and a 3D surface of it."""
         if PSEUDO not in self.viewer.layers:
             raise InputError("No prediction yet: train first.")
         self.flush_writes()
         lab = self.state.labels_layer
-        final = final_segmentation(self.viewer.layers[PSEUDO].data, np.asarray(lab.data), self.labeled_slices(),
-                                   self.state.axis)
+        pseudo, painted = np.asarray(self.viewer.layers[PSEUDO].data), np.asarray(lab.data)
+        if self.state.unpainted == "unknown":  # every painted pixel is kept, the proposal fills the rest
+            final = np.where(painted == 0, pseudo, np.where(painted == PAINTED_BACKGROUND, 0, painted))
+            final = final.astype(painted.dtype)
+        else:
+            final = final_segmentation(pseudo, engine_labels(painted), self.labeled_slices(), self.state.axis)
         meta = _source_meta(self.state.image_layer) or dict(lab.metadata)
         if SEGMENTATION in self.viewer.layers:
-            self.viewer.layers[SEGMENTATION].data = final
-            return self.viewer.layers[SEGMENTATION]
-        return self.viewer.add_labels(final, name=SEGMENTATION, metadata=meta, **self._live_kwargs())
+            layer = self.viewer.layers[SEGMENTATION]
+            layer.data = final
+        else:
+            layer = self.viewer.add_labels(final, name=SEGMENTATION, metadata=meta, **self._live_kwargs())
+        self._apply_class_colours()
+        if self.is_3d:
+            self._show_in_3d(final)
+        return layer
+
+    def _show_in_3d(self, final: np.ndarray) -> None:
+        from ..core.measures import class_surfaces, class_volumes
+
+        spacing = self._spacing_mm()
+        volumes = class_volumes(final, spacing or (1.0, 1.0, 1.0))
+        self.state.volumes_ml = {c: v / 1000.0 for c, v in volumes.items()} if spacing else None
+        verts, faces, values = class_surfaces(final)
+        if len(faces):
+            if SURFACE in self.viewer.layers:
+                self.viewer.layers.remove(SURFACE)
+            vertex_colours = label_colormap(self.class_table()).map(values.astype(np.int64))  # the classes' own
+            self.viewer.add_surface((verts, faces, values), name=SURFACE, vertex_colors=vertex_colours,
+                                    **self._live_kwargs())
+            if PSEUDO in self.viewer.layers:  # outlines are not drawn in 3D: the surface shows the result
+                self.viewer.layers[PSEUDO].visible = False
+            self.viewer.dims.ndisplay = 3
+        names = self.class_names()
+        if spacing:
+            parts = [f"{names.get(c, f'class {c}')} {v / 1000.0:.2f} mL" for c, v in volumes.items()]
+        else:
+            parts = [f"{names.get(c, f'class {c}')} {int(v)} voxels" for c, v in volumes.items()]
+        self.notify("info", "Segmentation: " + (", ".join(parts) if parts else "no structure found") +
+                  ("." if spacing else " (the image carries no voxel size, so no mL)."))
+
+    def _spacing_mm(self) -> tuple[float, ...] | None:
+        """The voxel size in mm, when the file gave one (NIfTI); None for a plain image."""
+        src = SourceInfo.from_metadata((getattr(self.state.image_layer, "metadata", {}) or {}).get(SOURCE_KEY))
+        if src is None or src.format != "nifti" or len(src.spacing) != 3:
+            return None
+        return tuple(float(v) for v in src.spacing)
+
+    # ------------------------------------------------------------------ classes
+    def class_table(self) -> dict[int, dict[str, str]]:
+        """Names and colours of the classes: those the labels layer carries, and at least two."""
+        lab = self.state.labels_layer
+        if lab is None:
+            return {}
+        table = complete((lab.metadata or {}).get(CLASSES_KEY), range(1, 3))
+        table.pop(PAINTED_BACKGROUND, None)
+        if self.state.unpainted == "unknown":
+            table[PAINTED_BACKGROUND] = dict(PAINTED_BACKGROUND_CLASS)
+        return table
+
+    def class_names(self) -> dict[int, str]:
+        return {k: v["name"] for k, v in self.class_table().items()}
+
+    def set_class(self, value: int, name: str | None = None, colour: str | None = None) -> dict:
+        """Name or colour a class (adding it if new): kept with the labels layer, written into exports,
+        and the same colour on the machine's layers (where the class is drawn as an outline)."""
+        lab = self.state.labels_layer
+        if lab is None:
+            raise InputError("Choose or create a labels layer first.")
+        if not 1 <= int(value) < PAINTED_BACKGROUND:
+            raise InputError(f"Class values go from 1 to {PAINTED_BACKGROUND - 1} (0 is unpainted, "
+                             f"{PAINTED_BACKGROUND} painted background).")
+        table = self.class_table()
+        entry = table.setdefault(int(value), default_class(int(value)))
+        if name is not None:
+            entry["name"] = name.strip() or f"class {value}"
+        if colour is not None:
+            entry["colour"] = colour
+        lab.metadata = {**(lab.metadata or {}), CLASSES_KEY: table}
+        self._apply_class_colours()
+        return table
+
+    def _apply_class_colours(self) -> None:
+        table = self.class_table()
+        if not table:
+            return
+        cmap = label_colormap(table)
+        for layer in (self.state.labels_layer, *(self.viewer.layers[n] for n in (PSEUDO, SEGMENTATION)
+                                                 if n in self.viewer.layers)):
+            layer.colormap = cmap
+        if SEGMENTATION in self.viewer.layers:
+            seg = self.viewer.layers[SEGMENTATION]
+            seg.metadata = {**(seg.metadata or {}), CLASSES_KEY: table}
 
     # ------------------------------------------------------------------ models
     def save_model(self, path: str | os.PathLike) -> Path:
@@ -604,13 +941,18 @@ class SessionController:
             self._cleanup_worker()
 
 
-def uncertainty_colormap():
-    """Inferno (perceptual) whose opacity grows with uncertainty: certain voxels leave the scan visible."""
+def uncertainty_colormap(threshold: float = 0.5):
+    """Transparent below ``threshold``, then inferno (perceptual) growing opaque: early in training
+    most voxels are somewhat uncertain, and a colour on all of them would hide the scan."""
     from napari.utils.colormaps import AVAILABLE_COLORMAPS, Colormap
 
-    colors = np.array(AVAILABLE_COLORMAPS["inferno"].colors, float)
-    colors[:, 3] = np.linspace(0.0, 1.0, len(colors)) ** 0.7
-    return Colormap(colors, name="semiseg uncertainty")
+    t = float(np.clip(threshold, 0.0, 0.99))
+    inferno = np.array(AVAILABLE_COLORMAPS["inferno"].colors, float)
+    above = inferno[np.linspace(len(inferno) // 3, len(inferno) - 1, 16).astype(int)]
+    above[:, 3] = np.linspace(0.35, 1.0, len(above))
+    colors = np.vstack([[0, 0, 0, 0], [0, 0, 0, 0], above])
+    controls = np.concatenate([[0.0, t], np.linspace(t + 1e-3, 1.0, len(above))])
+    return Colormap(colors, controls=controls, name=f"semiseg uncertainty above {t:.2f}")
 
 
 def _source_meta(layer) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.classes import CLASSES_KEY, complete
 from ..core.io import LoadedImage, SourceInfo, stem_of
 
 SOURCE_KEY = "semiseg_source"
@@ -16,7 +17,12 @@ def layer_data(loaded: LoadedImage, name: str | None = None) -> tuple:
     ndim = len(loaded.spatial_shape)
     scale = tuple(loaded.source.spacing) if len(loaded.source.spacing) == ndim else (1.0,) * ndim
     if loaded.is_label:
-        return (loaded.data, {"name": name, "scale": scale, "metadata": meta}, "labels")
+        kwargs = {"name": name, "scale": scale, "metadata": meta}
+        if loaded.source.header.get("classes"):  # names and colours written with the file
+            table = complete(loaded.source.header["classes"], ())
+            kwargs["metadata"] = {**meta, CLASSES_KEY: table}
+            kwargs["colormap"] = label_colormap(table)
+        return (loaded.data, kwargs, "labels")
     kwargs = {"name": name, "scale": scale, "metadata": meta, "rgb": loaded.rgb}
     if not loaded.rgb:
         kwargs["colormap"] = "gray"
@@ -34,13 +40,27 @@ def _robust_limits(data: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def empty_labels_for(loaded: LoadedImage, name: str) -> tuple:
-    """An empty Labels layer on the image's grid, carrying its source so exports align."""
+def empty_labels_for(loaded: LoadedImage, name: str, classes: dict | None = None) -> tuple:
+    """An empty Labels layer on the image's grid, carrying its source so exports align, and the
+    names and colours of its classes."""
     data = np.zeros(loaded.spatial_shape, dtype=np.uint8)
     meta = {SOURCE_KEY: loaded.source.to_metadata()}
     ndim = len(loaded.spatial_shape)
     scale = tuple(loaded.source.spacing) if len(loaded.source.spacing) == ndim else (1.0,) * ndim
-    return (data, {"name": name, "scale": scale, "metadata": meta}, "labels")
+    kwargs = {"name": name, "scale": scale, "metadata": meta}
+    if classes:
+        kwargs["metadata"] = {**meta, CLASSES_KEY: classes}
+        kwargs["colormap"] = label_colormap(classes)
+    return (data, kwargs, "labels")
+
+
+def label_colormap(table: dict):
+    """The classes' colours for a Labels layer; values without an entry are grey, never invisible."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colours = {None: "#a0a0a0", 0: "transparent"}
+    colours.update({int(k): v["colour"] for k, v in table.items()})
+    return DirectLabelColormap(color_dict=colours)
 
 
 def source_from_meta(meta: dict | None) -> SourceInfo | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.classes import CLASSES_KEY
 from ..core.io import write_labels
 from .layers import source_from_meta
 
@@ -12,7 +13,8 @@ def _write(path: str, data, meta: dict) -> list[str]:
     source = source_from_meta(meta.get("metadata"))
     scale = meta.get("scale")
     spacing = tuple(float(s) for s in scale) if scale is not None else None
-    written = write_labels(path, np.asarray(data), source, spacing=spacing)
+    classes = (meta.get("metadata") or {}).get(CLASSES_KEY)
+    written = write_labels(path, np.asarray(data), source, spacing=spacing, classes=classes)
     return [str(written)]
 
 

@@ -97,6 +97,10 @@ class Method(nn.Module):
     def trainable_parameters(self):
         return self.student.parameters()
 
+    # Whether a step without unlabeled patches (every slice labeled) is still this method: the mean
+    # teacher's is its supervised part; methods built on mixing or pairing unlabeled images keep theirs.
+    learns_without_unlabeled = False
+
     def needs_unlabeled(self, state: TrainState) -> bool:
         """Whether this step uses the unlabeled stream (the sampler skips drawing it when not)."""
         return True

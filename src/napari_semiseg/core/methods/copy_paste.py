@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import masked_cross_entropy, one_hot, soft_dice_loss, soft_segmentation_loss
+from ..losses import masked_cross_entropy, one_hot, soft_dice_loss, soft_segmentation_loss, split_known
 from ..mixing import BLENDS, box_mask, largest_component_per_class, soft_alpha
 from .base import Batch, Method, MethodSettings, TeacherMixin, TrainState, check_choice, running_stats_frozen
 
@@ -48,19 +48,23 @@ class Mix:
     trusted_b: bool = True
 
     def hard_labels(self) -> torch.Tensor:
-        return torch.where(self.alpha > 0.5, self.y_a, self.y_b)
+        return torch.where(self.alpha > 0.5, split_known(self.y_a)[0], split_known(self.y_b)[0])
 
     def trusted(self) -> torch.Tensor:
-        """(N, H, W) pixels whose label is ground truth."""
+        """(N, H, W) pixels whose label is ground truth (known, not a pseudo-label)."""
         outer = (self.alpha > 0.5).expand_as(self.y_a)
-        return (outer & self.trusted_a) | (~outer & self.trusted_b)
+        (_, known_a), (_, known_b) = split_known(self.y_a), split_known(self.y_b)
+        return (outer & known_a & self.trusted_a) | (~outer & known_b & self.trusted_b)
 
     def soft_target(self, n_classes: int) -> torch.Tensor:
         a = self.alpha[None, None]
-        return one_hot(self.y_a, n_classes) * a + one_hot(self.y_b, n_classes) * (1 - a)
+        return (one_hot(split_known(self.y_a)[0], n_classes) * a
+                + one_hot(split_known(self.y_b)[0], n_classes) * (1 - a))
 
     def weight_map(self) -> torch.Tensor:
-        return (self.w_a * self.alpha + self.w_b * (1 - self.alpha)).expand_as(self.y_a)
+        """Each image's weight where its labels are known; 0 on a partly labeled slice's unknown pixels."""
+        (_, known_a), (_, known_b) = split_known(self.y_a), split_known(self.y_b)
+        return self.w_a * self.alpha * known_a + self.w_b * (1 - self.alpha) * known_b
 
 
 def paste(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, y_a, y_b, w_a: float = 1.0, w_b: float = 1.0,
@@ -73,12 +77,13 @@ def region_loss(logits: torch.Tensor, mix: Mix) -> torch.Tensor:
     """BCP's mix loss: (Dice + CE) / 2, each the weighted sum of its mean inside and outside the box."""
     n_classes = logits.shape[1]
     probs = torch.softmax(logits.float(), 1)
-    outside = (mix.alpha > 0.5).expand_as(mix.y_a)
-    inside = ~outside
-    dice = (mix.w_a * soft_dice_loss(probs, one_hot(mix.y_a, n_classes), outside)
-            + mix.w_b * soft_dice_loss(probs, one_hot(mix.y_b, n_classes), inside))
-    ce = (mix.w_a * masked_cross_entropy(logits, mix.y_a, outside)
-          + mix.w_b * masked_cross_entropy(logits, mix.y_b, inside))
+    (y_a, known_a), (y_b, known_b) = split_known(mix.y_a), split_known(mix.y_b)
+    outside = (mix.alpha > 0.5).expand_as(y_a) & known_a
+    inside = (mix.alpha <= 0.5).expand_as(y_b) & known_b
+    dice = (mix.w_a * soft_dice_loss(probs, one_hot(y_a, n_classes), outside)
+            + mix.w_b * soft_dice_loss(probs, one_hot(y_b, n_classes), inside))
+    ce = (mix.w_a * masked_cross_entropy(logits, y_a, outside)
+          + mix.w_b * masked_cross_entropy(logits, y_b, inside))
     return 0.5 * (dice + ce)
 
 

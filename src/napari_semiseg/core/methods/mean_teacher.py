@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..losses import labeled_agreement, sigmoid_rampup, supervised_loss
+from ..losses import labeled_agreement, sigmoid_rampup, split_known, supervised_loss
 from .base import (MIN_RAMP_ITERATIONS, Batch, Method, MethodSettings, TeacherMixin, TrainState,
                    batch_stats_forward, check_choice, noisy, two_stream_forward)
 
@@ -54,6 +54,8 @@ class MeanTeacher(TeacherMixin, Method):
         self._warm_end: tuple[int, float] = (0, 0.0)  # (iteration, progress) where the warm-up ended
         self._class_freq = self._teacher_freq = None  # running class frequencies (distribution alignment)
 
+    learns_without_unlabeled = True
+
     def needs_unlabeled(self, state: TrainState) -> bool:
         if self.warmed_up:
             return True
@@ -95,7 +97,8 @@ class MeanTeacher(TeacherMixin, Method):
     def training_step(self, batch: Batch, state: TrainState):
         s = self.settings
         nl = batch.x_l.shape[0]
-        if not self.needs_unlabeled(state):  # warming up: exactly supervised training
+        if not self.needs_unlabeled(state) or not len(batch.x_u):  # warming up, or nothing unlabeled:
+            # exactly supervised training
             logits_l = self.student(batch.x_l)
             self.agreement = 0.9 * self.agreement + 0.1 * labeled_agreement(logits_l, batch.y_l)
             sup = supervised_loss(logits_l, batch.y_l)
@@ -118,8 +121,8 @@ class MeanTeacher(TeacherMixin, Method):
             if s.align:
                 target = self._aligned(target, batch.y_l)
         if capturing:
-            self._record("source", features=feats_l["decoder"], labels=batch.y_l,
-                         mask=torch.ones_like(batch.y_l, dtype=torch.bool))
+            self._record("source", features=feats_l["decoder"], labels=split_known(batch.y_l)[0],
+                         mask=split_known(batch.y_l)[1])
             if s.teacher_norm != "batch":
                 self._record("target", features=feats_t["decoder"], probs=target)
         dist = ((torch.softmax(logits[nl:].float(), 1) - target) ** 2).mean(1)

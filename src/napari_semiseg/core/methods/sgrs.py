@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import normalised_entropy, one_hot, sigmoid_rampup, soft_dice_loss, supervised_loss
+from ..losses import normalised_entropy, one_hot, sigmoid_rampup, soft_dice_loss, split_known, supervised_loss
 from .base import Batch, Method, MethodSettings, TeacherMixin, TrainState, check_choice, noisy
 
 INCONSISTENT_RULES = ("soft", "hard", "exclude")
@@ -151,8 +151,8 @@ class SGRSNet(TeacherMixin, Method):
         pseudo_loss = 0.5 * (parts["ce"] + parts["dice"])
         w = s.pseudo_weight * sigmoid_rampup(state.ramp(s.rampup_fraction, s.rampup_iterations), 1.0)
         if self.capture is not None:
-            self._record("source", features=feats_l["decoder"], labels=batch.y_l,
-                         mask=torch.ones_like(batch.y_l, dtype=torch.bool))
+            self._record("source", features=feats_l["decoder"], labels=split_known(batch.y_l)[0],
+                         mask=split_known(batch.y_l)[1])
             self._record("target", features=feats_t["decoder"], probs=torch.softmax(logits_t.float(), 1))
         return {"loss": sup + w * pseudo_loss, "supervised": sup.detach(), "pseudo": pseudo_loss.detach(),
                 "consistent_fraction": regions.consistent.float().mean(),

@@ -1,0 +1,51 @@
+"""Loop-protocol runs compared per volume against one method, after each round of the gain proposal.
+
+    python benchmarks/paired_loop.py --against supervised RUN.json [RUN2.json ...]
+
+RUN files are `napari-semiseg benchmark --protocol loop --json` outputs; runs of the same method on
+different volumes (the two halves of run_all.sh) are merged.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from napari_semiseg.core.comparison import paired  # noqa: E402
+
+
+def curves(paths, policy: str = "gain") -> dict[str, dict[str, list[float]]]:
+    """method -> volume -> Dice after each round, then with K+R even slices, then the ceiling."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for p in paths:
+        for method, run in json.loads(Path(p).read_text())["methods"].items():
+            for v in run["volumes"]:
+                out.setdefault(method, {})[v["case"]] = [pt["dice"] for pt in v["curves"][policy]] + [
+                    v["even_engine"]["dice"], v["ceiling"]["dice"]]
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3 or argv[0] != "--against":
+        print(__doc__)
+        return 2
+    base_name, found = argv[1], curves(argv[2:])
+    base = found.pop(base_name)
+    for method, per in found.items():
+        cases = sorted(set(per) & set(base))
+        rounds = len(base[cases[0]]) - 2
+        names = [f"after {r} corrections" for r in range(rounds)] + [
+            f"{rounds - 1} more even slices from the start", "every slice labeled (ceiling)"]
+        print(f"{method} vs {base_name} ({len(cases)} volumes):")
+        for r, name in enumerate(names):
+            a, b = [base[c][r] for c in cases], [per[c][r] for c in cases]
+            res = paired(a, b)
+            print(f"  {name}: {sum(a) / len(a):.3f} -> {sum(b) / len(b):.3f} "
+                  f"({res.mean_difference:+.3f}), wins/losses {res.wins}/{res.losses}, Wilcoxon p = {res.p:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
