@@ -183,3 +183,16 @@ def test_a_partly_painted_photo_teaches_only_what_was_painted_and_is_accepted_a_
     click(widget, "stop_button")
     qtbot.waitUntil(lambda: not c.running, timeout=60000)
     widget.controller.shutdown()
+
+
+def test_painted_background_on_slices_taught_whole_is_questioned_at_train(session, qtbot):
+    from napari_semiseg.core.classes import PAINTED_BACKGROUND
+
+    viewer, widget = session
+    labels = viewer.layers["annotations"]
+    paint_reference(labels)
+    labels.data_setitem((np.arange(2, 8), np.full(6, 3), np.full(6, PAINTED[0])), PAINTED_BACKGROUND)
+    click(widget, "train_button")
+    assert any("set Unpainted pixels to 'unknown'" in w for w in _warnings())
+    widget.controller.stop()
+    qtbot.waitUntil(lambda: not widget.controller.running, timeout=60000)

@@ -312,6 +312,18 @@ class SessionController:
                      f"labeled. Turn the view to {self.axis_words(other)} slices, or label whole slices here.")
         return True
 
+    def warn_if_scribbled(self) -> bool:
+        """Painted background while unpainted pixels are taught as background: the user is marking
+        what is known, so the slices are probably partly painted, and their unpainted structure would
+        be taught as background."""
+        lab = self.state.labels_layer
+        if lab is None or self.state.unpainted != "background" or not (np.asarray(lab.data) == PAINTED_BACKGROUND).any():
+            return False
+        self.notify("warning", f"You painted background ({PAINTED_BACKGROUND}), and unpainted pixels of a labeled "
+                    "slice are taught as background too. If your slices are only partly painted, set Unpainted "
+                    "pixels to 'unknown'.")
+        return True
+
     @property
     def is_3d(self) -> bool:
         return self.state.image_layer is not None and len(self._spatial_shape(self.state.image_layer)) == 3
@@ -408,6 +420,7 @@ class SessionController:
                              f"{PAINTED_BACKGROUND} ('background (painted)'), or the model learns that everything "
                              "is structure.")
         self.warn_if_painted_across()
+        self.warn_if_scribbled()
         snapshot = self._snapshot(labeled)
         # Garbage collections over napari's hundreds of thousands of objects, triggered by the
         # training thread's allocations, hold the GIL for up to 0.4 s and freeze the viewer. Freezing
