@@ -1,6 +1,7 @@
 """Turns the JSON files of benchmarks/run_all.sh into the Markdown tables of RESULTS.md.
 
     python benchmarks/summarise.py benchmarks/out
+    python benchmarks/summarise.py --per-image RUN.json [RUN2.json ...]   (dataset runs on one split, merged)
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 
 def session_table(path: Path) -> str:
@@ -94,7 +97,41 @@ def dataset_methods_table(path: Path) -> str:
     return "\n".join(rows)
 
 
+def per_image_dataset_table(paths: list[Path], baseline: str = "supervised") -> str:
+    """Runs of the dataset protocol on the same split merged: Dice per test image and method
+    (teacher), means, steps, and wins/losses with a paired Wilcoxon test against ``baseline``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from napari_semiseg.core.comparison import paired
+
+    methods: dict = {}
+    for path in paths:
+        methods.update(json.loads(path.read_text())["methods"])
+    images = sorted(next(iter(methods.values()))["teacher"]["volumes"])
+
+    def dice(m, which="teacher"):
+        return [float(np.mean([c["dice"] for c in methods[m][which]["volumes"][i].values()])) for i in images]
+
+    rows = ["| image | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for k, image in enumerate(images):
+        rows.append(f"| {image} | " + " | ".join(f"{dice(m)[k]:.3f}" for m in methods) + " |")
+    rows.append("| **mean (teacher)** | " + " | ".join(f"**{np.mean(dice(m)):.3f}**" for m in methods) + " |")
+    rows.append("| student mean | " + " | ".join(f"{np.mean(dice(m, 'student')):.3f}" for m in methods) + " |")
+    rows.append("| iterations | " + " | ".join(str(methods[m]["iterations"]) for m in methods) + " |")
+    cells = []
+    for m in methods:
+        if m == baseline or baseline not in methods:
+            cells.append("–")
+            continue
+        r = paired(dice(baseline), dice(m))
+        cells.append(f"{r.mean_difference:+.3f}, {r.wins}/{r.losses}, p={r.p:.3f}")
+    rows.append(f"| vs {baseline}: difference, wins/losses, Wilcoxon p | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--per-image":
+        print(per_image_dataset_table([Path(p) for p in sys.argv[2:]]))
+        return
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/out")
     for name in ("session_iso", "session_aniso", "session_warm", "session_uncertainty"):
         p = out / f"{name}.json"

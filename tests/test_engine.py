@@ -199,19 +199,30 @@ def test_refresh_carries_prediction_and_reports_are_small():
     assert all(set(r.losses) >= {"loss", "supervised"} for r in reports)
 
 
-def test_send_changes_the_labeled_set_mid_run():
+def test_a_session_takes_labels_pause_focus_and_stop_before_and_during_its_run(tmp_path):
+    """The one control path (core.session): calls made before the trainer exists are kept for it."""
+    from napari_semiseg.core.session import LocalSession
+
     vol = tiny_volume(labeled=(1,))
-    trainer = Trainer([vol], fast_config(iterations=50))
-    gen = trainer.run()
-    next(gen)
-    assert trainer.sampler.n_labeled == 1
-    new = vol.labels.copy()
-    gen.send(LabelUpdate(new, {1, 3, 5}))
-    next(gen)
-    assert trainer.sampler.n_labeled == 3 and vol.labeled == {1, 3, 5}
-    trainer.stop()
-    rest = list(gen)
-    assert rest[-1].finished
+    session = LocalSession([vol], fast_config(iterations=None), out_dir=tmp_path / "m", focus=(0, 4))
+    assert not session.has_model
+    with pytest.raises(InputError, match="no model yet"):
+        session.save(tmp_path / "x")
+    session.send(LabelUpdate(vol.labels.copy(), {1, 3}))
+    session.pause()
+    reports = session.reports()
+    first = next(reports)
+    assert first.paused and session.trainer.focus == (0, 4) and first.iteration == 0
+    session.resume()
+    session.focus(2)
+    r = next(reports)
+    assert not r.paused and session.trainer.sampler.n_labeled == 2 and session.trainer.focus == (0, 2)
+    session.send(LabelUpdate(vol.labels.copy(), {1, 3, 5}))
+    next(reports)
+    assert session.trainer.sampler.n_labeled == 3 and vol.labeled == {1, 3, 5}
+    session.stop()
+    rest = list(reports)
+    assert rest[-1].finished and rest[-1].checkpoint and (tmp_path / "m" / "config.json").exists()
 
 
 def test_stop_ends_cleanly_and_saves(tmp_path):

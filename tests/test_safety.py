@@ -310,6 +310,8 @@ def test_label_values_beyond_255_are_refused_and_0_255_masks_are_one_class(scan,
     (["--set", "method.consistency=abc"], "'consistency' must be a number"),
     (["--set", "labeled_batch=0"], "at least one labeled patch"),
     (["--set", "device=gpu"], "'device' must be one of"),
+    (["--set", "tau=0.4"], "Unknown setting 'tau': neither a training setting"),
+    (["--set", "consistency=abc"], "'consistency' must be a number"),  # a method key needs no prefix
 ])
 def test_bad_settings_are_one_sentence_before_any_work(scan, tmp_path, capsys, args, said):
     img, lab = scan

@@ -19,7 +19,7 @@ def _start(viewer, widget, qtbot):
     paint_reference(viewer.layers["annotations"])
     click(widget, "train_button")
     c = widget.controller
-    qtbot.waitUntil(lambda: c.trainer is not None and c.state.slice_scores is not None, timeout=60000)
+    qtbot.waitUntil(lambda: c.session is not None and c.session.has_model and c.state.slice_scores is not None, timeout=60000)
     return c
 
 
@@ -49,7 +49,7 @@ def test_a_brush_stroke_while_training_reaches_the_trainer_and_the_labeled_count
     # the count on the widget follows without moving the slider
     qtbot.waitUntil(lambda: f"Labeled slices: {len(PAINTED) + 1}" in widget.labeled_label.text(), timeout=5000)
     # and the trainer has every voxel of it, not the stroke minus its last segment
-    vol = c.trainer.volumes[0]
+    vol = c.session.trainer.volumes[0]
     qtbot.waitUntil(lambda: target in vol.labeled, timeout=30000)
     np.testing.assert_array_equal(vol.labels[:, :, target], labels.data[:, :, target])
 
@@ -58,7 +58,7 @@ def test_undo_and_redo_of_accept_reach_the_labeled_set_and_the_trainer(shown, qt
     viewer, widget = shown
     c = _start(viewer, widget, qtbot)
     labels = viewer.layers["annotations"]
-    vol = c.trainer.volumes[0]
+    vol = c.session.trainer.volumes[0]
     # a slice where the teacher already sees structure, so that Accept paints something
     here = next(i for i in np.argsort(-np.count_nonzero(viewer.layers[PSEUDO].data, axis=(0, 1)))
                 if i not in PAINTED)
@@ -166,8 +166,8 @@ def test_a_partly_painted_photo_teaches_only_what_was_painted_and_is_accepted_a_
     assert (painted == 1).sum() > 10 and (painted == PAINTED_BACKGROUND).sum() > 100
 
     click(widget, "train_button")
-    qtbot.waitUntil(lambda: c.trainer is not None and c.state.slice_scores is not None, timeout=60000)
-    taught = c.trainer.volumes[0].labels
+    qtbot.waitUntil(lambda: c.session is not None and c.session.has_model and c.state.slice_scores is not None, timeout=60000)
+    taught = c.session.trainer.volumes[0].labels
     np.testing.assert_array_equal(taught == UNKNOWN, painted == 0)  # unpainted is unknown, not background
     np.testing.assert_array_equal(taught == 0, painted == PAINTED_BACKGROUND)
     click(widget, "pause_button")

@@ -137,21 +137,20 @@ def _add_engine_options(p) -> None:
 
 def _config_from(args, **overrides):
     from .core.trainer import TrainConfig
-    from .core.variants import parse_value
+    from .core.variants import parse_value, route_settings
 
     cfg = TrainConfig(device=args.device, threads=args.threads, precision=args.precision, seed=args.seed,
                       **overrides)
+    values = {}
     for item in args.set:
         if "=" not in item:
             raise InputError(f"--set takes KEY=VALUE, not '{item}'.")
         key, raw = item.split("=", 1)
-        value = parse_value(raw)
-        if key.startswith("method."):
-            cfg.method_settings[key[len("method."):]] = value
-        elif key in TrainConfig.__dataclass_fields__:
-            setattr(cfg, key, value)
-        else:
-            raise InputError(f"Unknown setting '{key}'; known: {', '.join(TrainConfig.__dataclass_fields__)}.")
+        values[key] = parse_value(raw)
+    config, settings = route_settings(values, str(values.get("method", cfg.method)))
+    for key, value in config.items():
+        setattr(cfg, key, value)
+    cfg.method_settings.update(settings)
     cfg.check()
     if cfg.method_settings:  # the method's own settings too, before any data is read
         from .core.methods import METHODS
@@ -313,8 +312,7 @@ def cmd_train(args) -> int:
         raise InputError("The label map is empty: label at least one slice, or name slices with --labeled-slices.")
     if cfg.minutes is None and cfg.iterations is None and args.resume is None:
         cfg.minutes = 1.0
-    volume = Volume(image.data, lab, labeled, axis=axis, channels=image.rgb, name=Path(args.image).name,
-                    spacing=image.source.spacing)
+    volume = Volume(image.data, lab, labeled, axis=axis, channels=image.rgb, name=Path(args.image).name)
     if volume.non_finite_voxels:
         print(f"napari-semiseg: warning: {volume.non_finite_voxels} voxel(s) of {Path(args.image).name} are NaN or "
               "infinite; they are treated as the darkest intensity.", file=sys.stderr)

@@ -5,8 +5,9 @@
 slices: the one the user is looking at (``set_focus``) and its neighbours first, then the next
 slices of a rolling sweep, as many as ``refresh_budget_seconds`` allows, so the whole volume is
 covered every few refreshes however large it is. The last report carries every volume whole.
-Between steps it accepts, through ``generator.send``, a :class:`LabelUpdate`; ``pause``,
-``resume`` and ``stop`` may be called from another thread. The trainer never touches a GUI.
+Between steps it applies the :class:`LabelUpdate` queued by ``update_labels``; that, ``pause``,
+``resume`` and ``stop`` may be called from another thread. The trainer never touches a GUI; the
+widget reaches it only through a session (``core/session.py``).
 """
 
 from __future__ import annotations
@@ -262,7 +263,7 @@ class Trainer:
         return self._paused.is_set()
 
     def update_labels(self, update: LabelUpdate) -> None:
-        """Queue new labels; applied between two steps (also reachable through ``send``)."""
+        """Queue new labels; applied between two steps."""
         with self._lock:
             self._pending.append(update)
 
@@ -390,9 +391,7 @@ class Trainer:
         while True:
             if self._paused.is_set() and not self._stop.is_set():
                 p0 = time.perf_counter()
-                cmd = yield Report(self.iteration, losses, self._lr(None), 0.0, p0 - t0 - paused_time,
-                                   None, paused=True)
-                self._handle(cmd)
+                yield Report(self.iteration, losses, self._lr(None), 0.0, p0 - t0 - paused_time, None, paused=True)
                 time.sleep(0.05)
                 paused_time += time.perf_counter() - p0
                 continue
@@ -419,24 +418,12 @@ class Trainer:
                 if due:
                     live = self.predict_live()
                     last_refresh = time.perf_counter()
-                cmd = yield Report(self.iteration, losses, self._lr(progress), rate, elapsed,
-                                   self._progress(start_iter, elapsed), slices=live, checkpoint=checkpoint)
-                self._handle(cmd)
+                yield Report(self.iteration, losses, self._lr(progress), rate, elapsed,
+                             self._progress(start_iter, elapsed), slices=live, checkpoint=checkpoint)
         elapsed = time.perf_counter() - t0 - paused_time
         checkpoint = str(self.save(self.out_dir)) if self.out_dir else None
         yield Report(self.iteration, losses, self._lr(1.0), rate, elapsed, self._progress(start_iter, elapsed),
                      self.predict() if c.final_prediction else None, finished=True, checkpoint=checkpoint)
-
-    def _handle(self, cmd) -> None:
-        if isinstance(cmd, LabelUpdate):
-            self.update_labels(cmd)
-
-        elif cmd == "stop":
-            self.stop()
-        elif cmd == "pause":
-            self.pause()
-        elif cmd == "resume":
-            self.resume()
 
     def train(self, progress_bar: bool = False) -> Report:
         """Run to the end without a GUI; return the final report."""

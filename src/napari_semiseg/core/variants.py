@@ -55,10 +55,31 @@ def parse_variant(text: str) -> Variant:
         raise InputError(f"Unknown method '{name}': choose from {', '.join(METHODS)}.")
     if rest and not rest.endswith("]"):
         raise InputError(f"'{text}': settings go in brackets, e.g. sra-seg[sa_mode=off].")
-    settings, config = {}, {}
-    for key, value in parse_settings(rest[:-1]).items():
-        (config if key in TrainConfig.__dataclass_fields__ else settings)[key] = value
+    config, settings = route_settings(parse_settings(rest[:-1]), name)
     return Variant(text, name, settings, config)
+
+
+def route_settings(values: dict, method: str) -> tuple[dict, dict]:
+    """(training configuration, method settings) from settings given by name, the one rule for the
+    widget, ``--set`` and variants: ``method.KEY`` is the method's; a ``TrainConfig`` field is the
+    configuration's; another of the method's own settings is the method's; anything else is refused.
+    Values are checked later, by ``TrainConfig.check`` and the method's ``Settings.from_dict``."""
+    from .methods import METHODS
+
+    own = set(METHODS[method].Settings.__dataclass_fields__) if method in METHODS else set()
+    config, settings = {}, {}
+    for key, value in values.items():
+        if key.startswith("method."):
+            settings[key[len("method."):]] = value
+        elif key in TrainConfig.__dataclass_fields__:
+            config[key] = value
+        elif key in own:
+            settings[key] = value
+        else:
+            raise InputError(f"Unknown setting '{key}': neither a training setting "
+                             f"({', '.join(sorted(TrainConfig.__dataclass_fields__))}) nor one of {method}'s "
+                             f"({', '.join(sorted(own))}).")
+    return config, settings
 
 
 def parse_settings(text: str) -> dict:

@@ -109,7 +109,6 @@ class Volume:
     channels: bool = False
     normalisation: Normalisation = field(default_factory=Normalisation)
     name: str = "volume"
-    spacing: tuple[float, ...] | None = None
 
     def __post_init__(self):
         spatial = self.image.ndim - (1 if self.channels else 0)

@@ -1,8 +1,9 @@
-"""Session state <-> napari layers: runs the trainer in a worker thread; no layout code.
+"""Session state <-> napari layers; no layout code.
 
-Data flows one way: the user's layers are snapshotted into a ``Volume``, the trainer runs in a
-napari generator worker, and its reports come back in the ``yielded`` slot, where the live layers
-are updated in place. The user's labels layer is only ever written by "Accept slice", as one undo step.
+Data flows one way: the user's layers are snapshotted into a ``Volume``, a training session
+(``core.session``, the only control path to the trainer) yields reports in a napari generator
+worker, and they come back in the ``yielded`` slot, where the live layers are updated in place.
+The user's labels layer is only ever written by the user and by "Accept slice", as one undo step.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from ..core.classes import (CLASSES_KEY, PAINTED_BACKGROUND, PAINTED_BACKGROUND_
                             default_class, engine_labels)
 from ..core.errors import InputError, is_out_of_memory, out_of_memory_message
 from ..core.proposal import propose_slice, propose_tile
-from ..core.trainer import LabelUpdate, Report, TrainConfig, Trainer
+from ..core.session import LocalSession
+from ..core.trainer import LabelUpdate, Report, TrainConfig
 from ..core.io import SourceInfo
 from ..core.volume import Volume, final_segmentation, labeled_slices_from_labels, painting_axis
 from .edits import LabelEditWatcher
@@ -81,15 +83,13 @@ class SessionController:
     def __init__(self, viewer, on_change=None):
         self.viewer = viewer
         self.state = SessionState()
-        self.trainer: Trainer | None = None
+        self.session: LocalSession | None = None  # the only way to the training run
         self.worker = None
         self.on_change = on_change or (lambda: None)
         self.uncertainty_threshold = 0.5
         self.overlay = OVERLAYS[0]
-        self._pending_labels = False
         self._progress_bar = None
         self._done = threading.Event()
-        self._stop_requested = False
         self._gc_thresholds = None
         self.autosave_dir = default_root()
         self.autosaver: Autosaver | None = None
@@ -389,7 +389,7 @@ class SessionController:
                                               "Paint a few slices (or mark empty ones), then Train."),
             "pause": idle, "stop": idle, "next": no_scores, "accept": no_proposal,
             "accept_next": no_proposal or no_scores, "finish": no_proposal, "mark": no_labels,
-            "save": "There is no model yet: train first." if self.trainer is None else (
+            "save": "There is no model yet: train first." if self.session is None or not self.session.has_model else (
                 "Pause or stop training first." if self.running and not self.paused else None),
             "load": running,
         }
@@ -432,8 +432,6 @@ class SessionController:
             gc.set_threshold(*TRAINING_GC_THRESHOLDS)
         if config.threads is None:
             config.threads = gui_thread_count()
-        self.trainer = None
-        self._stop_requested = False
         self._pending_writes = []  # an interpolated proposal still being written: the teacher's replaces it
         self.state.loss_history.clear()
         self._ensure_live_layers(arrange=True)
@@ -446,28 +444,25 @@ class SessionController:
         out_dir = self.slot.model_folder
         # errors are ours to report (a notification), not to re-raise in the event loop
         self.state.resume_next = False
-        self.worker = create_worker(self._run_trainer, snapshot, config, resume_from, out_dir,
+        focus = snapshot.pop("focus")
+        self.session = LocalSession([Volume(**snapshot)], config, resume_from=resume_from, out_dir=out_dir,
+                                    focus=(0, focus))
+        self.worker = create_worker(self._run_session, self.session,
                                     _connect={"yielded": self._on_report, "errored": self._on_error,
                                               "finished": self._on_finished},
                                     _start_thread=True)
         self.on_change()
 
-    def _run_trainer(self, snapshot: dict, config: TrainConfig, resume_from, out_dir):
-        """Builds the trainer and runs its generator, all in the worker thread.
+    def _run_session(self, session: LocalSession):
+        """The session's reports, in the worker thread (where its trainer is built).
 
-        Building happens here, not in the click handler, because normalisation statistics and the
-        network's construction stalled the viewer for 0.4 s. Errors are re-raised as
-        :class:`TrainingFailed`: superqt's worker takes any RuntimeError (which torch's
-        out-of-memory and CUDA errors are) for a deleted Qt object and only warns, so the user
-        would never hear of the failure. ``_done`` lets the GUI thread wait when the viewer closes.
+        Errors are re-raised as :class:`TrainingFailed`: superqt's worker takes any RuntimeError
+        (which torch's out-of-memory and CUDA errors are) for a deleted Qt object and only warns, so
+        the user would never hear of the failure. ``_done`` lets the GUI thread wait when the viewer
+        closes.
         """
         try:
-            focus = snapshot.pop("focus")
-            self.trainer = Trainer([Volume(**snapshot)], config, resume_from=resume_from, out_dir=out_dir)
-            self.trainer.set_focus(focus)
-            if self._stop_requested:
-                self.trainer.stop()
-            yield from self.trainer.run()
+            yield from session.reports()
         except InputError as err:
             raise TrainingFailed(str(err)) from err
         except Exception as err:
@@ -503,25 +498,23 @@ class SessionController:
         self.on_change()
 
     def pause(self) -> None:
-        if self.trainer is not None:
-            self.trainer.pause()
+        if self.session is not None:
+            self.session.pause()
             self.on_change()
 
     def resume(self) -> None:
-        if self.trainer is not None:
-            self.trainer.resume()
+        if self.session is not None:
+            self.session.resume()
             self.on_change()
 
     @property
     def paused(self) -> bool:
-        return self.trainer is not None and self.trainer.paused
+        return self.running and self.session.paused
 
     def stop(self) -> None:
-        """Stop training; the trainer saves its model (autosave folder) before it ends."""
-        self._stop_requested = True
-        if self.trainer is not None:
-            self.trainer.resume()
-            self.trainer.stop()
+        """Stop training; the session saves its model (autosave folder) before it ends."""
+        if self.session is not None:
+            self.session.stop()
 
     def _labels_edited(self) -> None:
         """After any change to the user's labels (stroke, fill, undo, redo, Accept): autosave, tell
@@ -588,8 +581,7 @@ class SessionController:
         labeled = self.labeled_slices()
         if not labeled:
             return
-        update = LabelUpdate(self.engine_labels(), labeled)
-        self.worker.send(update)
+        self.session.send(LabelUpdate(self.engine_labels(), labeled))
 
     def _on_report(self, report: Report) -> None:
         self.state.last_report = report
@@ -733,8 +725,8 @@ class SessionController:
 
     def follow_view(self, event=None) -> None:
         """The slice on screen is the one the next live refresh predicts first."""
-        if self.trainer is not None and self.state.labels_layer is not None and self.is_3d:
-            self.trainer.set_focus(self.current_slice())
+        if self.session is not None and self.state.labels_layer is not None and self.is_3d:
+            self.session.focus(self.current_slice())
 
     def set_overlay(self, overlay: str, threshold: float | None = None) -> None:
         """What lies over the scan: the pseudo-labels (outlines), the uncertainty above ``threshold``
@@ -925,14 +917,14 @@ class SessionController:
 
     # ------------------------------------------------------------------ models
     def save_model(self, path: str | os.PathLike) -> Path:
-        if self.trainer is None:
+        if self.session is None or not self.session.has_model:
             raise InputError("There is no model yet: train first.")
         if self.running and not self.paused:
             raise InputError("Pause or stop training before saving (Stop also saves automatically).")
         path = Path(path)
         if path.is_dir() and any(path.iterdir()) and not is_model_folder(path):
             path = path / "semiseg-model"  # a model folder is replaced whole: never the user's own folder
-        out = self.trainer.save(path)
+        out = self.session.save(path)
         self.state.model_dir = out
         return out
 
@@ -948,6 +940,8 @@ class SessionController:
         self._disconnect_labels()
         self._stop_autosave()
         self._pending_writes = []
+        if self._interpolation_timer is not None:
+            self._interpolation_timer.stop()
         if self.worker is not None:
             self.stop()  # the generator ends its loop, saves the model and returns
             self._done.wait(timeout=120)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from qtpy.QtCore import QEvent, QObject, QPointF, Qt, QTimer
@@ -14,7 +15,7 @@ from ..core.classes import PAINTED_BACKGROUND, UNPAINTED
 from ..core.io import InputError
 from ..core.methods import METHODS
 from ..core.trainer import TrainConfig
-from ..core.variants import parse_settings
+from ..core.variants import parse_settings, route_settings
 from .controller import LIVE_LAYERS, OVERLAYS, SessionController
 from .shortcuts import register as register_shortcuts
 
@@ -320,21 +321,24 @@ class SemisegWidget(QWidget):
     def config(self) -> TrainConfig:
         minutes = self.budget_spin.value() or None
         method = self.method_combo.currentText()
-        settings = parse_settings(self.method_settings_edit.text())
+        # typed settings follow the command line's rule (core.variants.route_settings)
+        extra, settings = route_settings(parse_settings(self.method_settings_edit.text()), method)
         try:  # unknown keys now, in one sentence, rather than from the training thread
             METHODS[method].Settings.from_dict(settings)
         except ValueError as err:
             raise InputError(f"{method}: {err}") from None
-        return TrainConfig(method=method, device=self.device_combo.currentText(),
-                           minutes=minutes, batch_size=self.batch_spin.value() or None,
-                           labeled_batch=(min(self.labeled_batch_spin.value(), self.batch_spin.value() or 64) or None),
-                           patch_size=self.patch_spin.value() or None, scale=self.scale_spin.value(),
-                           context=self.context_spin.value(),
-                           refresh_seconds=float(self.refresh_spin.value()), lr=self.lr_spin.value(),
-                           seed=self.seed_spin.value(),
-                           method_settings=settings,
-                           unlabeled_dir=self.unlabeled_dir_edit.text().strip() or None,
-                           unlabeled_source=self.unlabeled_source_combo.currentText())
+        config = TrainConfig(method=method, device=self.device_combo.currentText(),
+                             minutes=minutes, batch_size=self.batch_spin.value() or None,
+                             labeled_batch=(min(self.labeled_batch_spin.value(), self.batch_spin.value() or 64)
+                                            or None),
+                             patch_size=self.patch_spin.value() or None, scale=self.scale_spin.value(),
+                             context=self.context_spin.value(),
+                             refresh_seconds=float(self.refresh_spin.value()), lr=self.lr_spin.value(),
+                             seed=self.seed_spin.value(),
+                             method_settings=settings,
+                             unlabeled_dir=self.unlabeled_dir_edit.text().strip() or None,
+                             unlabeled_source=self.unlabeled_source_combo.currentText())
+        return replace(config, **extra).check()
 
     def shortcut(self, action: str) -> None:
         """A keyboard shortcut (see shortcuts.py): the same as the button, refused the same way."""

@@ -1,0 +1,112 @@
+"""One control path to a training run: what the widget talks to, wherever the training runs.
+
+A session is started from volumes and a config. It takes label updates (``send``), the slice the
+user is looking at (``focus``), ``pause``, ``resume``, ``stop`` and ``save``, and gives a stream
+of :class:`~.trainer.Report` (``reports``). Every control call is safe from any thread and may come
+before the run has started. :class:`LocalSession` trains in this process, in the thread that
+iterates its reports; a separate process or a remote server is another implementation of the same
+methods (issue 14).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import InputError
+from .trainer import LabelUpdate, Report, TrainConfig, Trainer
+
+
+class LocalSession:
+    """Training in this process. The trainer is built by the first ``next()`` on :meth:`reports`, in
+    the thread that iterates them: building it (normalisation statistics, the network) held the
+    viewer's GUI thread for 0.4 s."""
+
+    def __init__(self, volumes: list, config: TrainConfig, *, resume_from: str | os.PathLike | None = None,
+                 out_dir: str | os.PathLike | None = None, focus: tuple[int, int] | None = None):
+        self._build = (volumes, config, resume_from, out_dir)
+        self._lock = threading.Lock()
+        self._early: list[LabelUpdate] = []  # updates sent before the trainer existed
+        self._focus = focus
+        self._paused = self._stopped = False
+        self.trainer: Trainer | None = None  # for inspection in this process only; control goes through here
+        self.last_report: Report | None = None
+
+    # ---- the stream
+    def reports(self) -> Iterator[Report]:
+        """Train, yielding reports, until the budget is spent or :meth:`stop`."""
+        volumes, config, resume_from, out_dir = self._build
+        trainer = Trainer(volumes, config, resume_from=resume_from, out_dir=out_dir)
+        with self._lock:
+            self.trainer = trainer
+            for update in self._early:
+                trainer.update_labels(update)
+            self._early.clear()
+            if self._focus is not None:
+                trainer.set_focus(self._focus[1], self._focus[0])
+            if self._paused:
+                trainer.pause()
+            if self._stopped:
+                trainer.stop()
+        for report in trainer.run():
+            self.last_report = report
+            yield report
+
+    # ---- control (any thread, before or during the run)
+    def send(self, update: LabelUpdate) -> None:
+        """New trusted labels; the trainer takes them between two steps."""
+        with self._lock:
+            if self.trainer is None:
+                self._early.append(update)
+            else:
+                self.trainer.update_labels(update)
+
+    def focus(self, slice_index: int, volume_index: int = 0) -> None:
+        """The slice on screen: the next live refresh predicts it first."""
+        with self._lock:
+            self._focus = (int(volume_index), int(slice_index))
+            if self.trainer is not None:
+                self.trainer.set_focus(int(slice_index), int(volume_index))
+
+    def pause(self) -> None:
+        with self._lock:
+            self._paused = True
+            if self.trainer is not None:
+                self.trainer.pause()
+
+    def resume(self) -> None:
+        with self._lock:
+            self._paused = False
+            if self.trainer is not None:
+                self.trainer.resume()
+
+    def stop(self) -> None:
+        """End the run (a paused one too); the trainer saves its model before it ends."""
+        with self._lock:
+            self._stopped, self._paused = True, False
+            if self.trainer is not None:
+                self.trainer.resume()
+                self.trainer.stop()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def has_model(self) -> bool:
+        return self.trainer is not None
+
+    @property
+    def focused(self) -> tuple[int, int] | None:
+        """(volume, slice) the next refresh predicts first."""
+        return self._focus
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save the model into ``path`` (a paused or ended run: a running one is refused)."""
+        with self._lock:
+            trainer = self.trainer
+        if trainer is None:
+            raise InputError("There is no model yet: train first.")
+        return trainer.save(path)
