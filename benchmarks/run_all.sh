@@ -127,3 +127,10 @@ S2=benchmarks/scribbles_2d.py
  .venv/bin/python $S2 mean-teacher scribbles-as-complete 5 > $OUT/scrib_mt_ascomplete.log 2>&1) &
 wait
 .venv/bin/python $S2 --compare $OUT/scrib_*.log
+# CHASE_DB1 dataset protocol, every method, with the 2D batch-norm fix (RESULTS §11.6)
+$BIN benchmark ../shared/data/chase_db1 --protocol dataset --test-count 8 --minutes 10 --threads 1 \
+     --methods supervised,mean-teacher,bcp,sra-seg --json $OUT/fix_chase10_a.json > $OUT/fix_chase10_a.log 2>&1 &
+$BIN benchmark ../shared/data/chase_db1 --protocol dataset --test-count 8 --minutes 10 --threads 1 \
+     --methods sgrs-net,barl,transmedseg --json $OUT/fix_chase10_b.json > $OUT/fix_chase10_b.log 2>&1 &
+wait
+.venv/bin/python benchmarks/summarise.py --per-image $OUT/fix_chase10_a.json $OUT/fix_chase10_b.json
