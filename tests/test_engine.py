@@ -335,3 +335,14 @@ def test_recalibrated_prediction_does_not_modify_the_network():
     predict_volume(net, vol, trainer.spec)
     for k, v in net.state_dict().items():
         torch.testing.assert_close(v, before[k])
+
+
+def test_a_session_run_to_the_end_says_where_it_trains_and_predicts():
+    from napari_semiseg.core.session import LocalSession
+
+    session = LocalSession([tiny_volume()], fast_config(iterations=3))
+    about = session.build()
+    assert about == {"device": "cpu", "precision": session.trainer.precision}
+    last = session.run()
+    assert last.finished and session.iteration == 3
+    assert session.predict()[0].labels.shape == tiny_volume().spatial_shape

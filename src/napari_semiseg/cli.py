@@ -273,7 +273,7 @@ def _warn_about(image) -> None:
 def cmd_train(args) -> int:
     from .core.checkpoint import MODEL_SUBFOLDER
     from .core.io import write_float_map, write_labels
-    from .core.trainer import Trainer
+    from .core.session import LocalSession
     from .core.classes import PAINTED_BACKGROUND, engine_labels
     from .core.volume import Volume, labeled_slices_from_labels, labels_on_slices
 
@@ -317,20 +317,21 @@ def cmd_train(args) -> int:
         print(f"napari-semiseg: warning: {volume.non_finite_voxels} voxel(s) of {Path(args.image).name} are NaN or "
               "infinite; they are treated as the darkest intensity.", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer([volume], cfg, resume_from=args.resume, out_dir=model_path)
+    session = LocalSession([volume], cfg, resume_from=args.resume, out_dir=model_path)
+    about = session.build()
     print(f"Training {cfg.method} on {Path(args.image).name} {image.spatial_shape}: {len(labeled)} labeled "
-          f"slice(s) along axis {axis}, {trainer.device.type} ({trainer.precision}), "
+          f"slice(s) along axis {axis}, {about['device']} ({about['precision']}), "
           f"{'%.1f min' % cfg.minutes if cfg.minutes else '%d iterations' % cfg.iterations}; "
           f"a checkpoint every {cfg.checkpoint_seconds:.0f} s into {model_path}.")
     try:
-        report = trainer.train(progress_bar=True)
+        report = session.run(progress_bar=True)
     except KeyboardInterrupt:
-        saved = trainer.save(model_path) if trainer.iteration else None
-        print(f"napari-semiseg: interrupted at iteration {trainer.iteration}" +
+        saved = session.save(model_path) if session.iteration else None
+        print(f"napari-semiseg: interrupted at iteration {session.iteration}" +
               (f"; the model is saved in {saved} (continue with --resume {saved})." if saved else "."),
               file=sys.stderr)
         return 130
-    pred = report.prediction[0] if report.prediction else trainer.predict()[0]
+    pred = report.prediction[0] if report.prediction else session.predict()[0]
     mask = write_labels(mask_path, pred.labels, image.source)
     unc = write_float_map(unc_path, pred.uncertainty, image.source)
     print(f"{report.iteration} iterations in {report.elapsed:.0f} s. Model: {model_path.resolve()}")

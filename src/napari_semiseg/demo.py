@@ -12,7 +12,8 @@ from .core.benchmark import evenly_spaced_slices, unlabeled_dice
 from .core.files import check_output_folder
 from .core.interpolation import interpolate_labels
 from .core.io import read_image, read_labels, write_float_map
-from .core.trainer import TrainConfig, Trainer
+from .core.session import LocalSession
+from .core.trainer import TrainConfig
 from .core.volume import Volume, final_segmentation, labels_on_slices
 from .napari.layers import layer_data
 from .napari.writer import write_labels_nifti, write_labels_tiff
@@ -32,8 +33,8 @@ def run_headless(out: Path, seconds: float = DEMO_SECONDS) -> list[Path]:
     volume = Volume(image.data, painted, set(labeled), axis=DEMO_AXIS, name="hippocampus_001")
     print(f"No display: running headless. Training a mean teacher on {Path(image.source.path).name} "
           f"{image.data.shape} from the 3 labeled slices {labeled} (axis {DEMO_AXIS}) for {seconds:.0f} s on the CPU.")
-    trainer = Trainer([volume], TrainConfig(method="mean-teacher", minutes=seconds / 60.0), out_dir=out / "model")
-    report = trainer.train(progress_bar=True)
+    session = LocalSession([volume], TrainConfig(method="mean-teacher", minutes=seconds / 60.0), out_dir=out / "model")
+    report = session.run(progress_bar=True)
     pred = report.prediction[0]
     # the user's labels win on the slices they labeled; the teacher fills the rest
     final = final_segmentation(pred.labels, painted, labeled, DEMO_AXIS)

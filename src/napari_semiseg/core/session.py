@@ -34,25 +34,49 @@ class LocalSession:
         self.trainer: Trainer | None = None  # for inspection in this process only; control goes through here
         self.last_report: Report | None = None
 
-    # ---- the stream
+    # ---- the run
+    def build(self) -> dict:
+        """Build the trainer now, in this thread (:meth:`reports` does it otherwise), and say where
+        and how it trains: ``{"device": "cpu", "precision": "bf16"}``."""
+        with self._lock:
+            built = self.trainer is not None
+        if not built:
+            volumes, config, resume_from, out_dir = self._build
+            trainer = Trainer(volumes, config, resume_from=resume_from, out_dir=out_dir)
+            with self._lock:
+                self.trainer = trainer
+                for update in self._early:
+                    trainer.update_labels(update)
+                self._early.clear()
+                if self._focus is not None:
+                    trainer.set_focus(self._focus[1], self._focus[0])
+                if self._paused:
+                    trainer.pause()
+                if self._stopped:
+                    trainer.stop()
+        return {"device": self.trainer.device.type, "precision": self.trainer.precision}
+
     def reports(self) -> Iterator[Report]:
         """Train, yielding reports, until the budget is spent or :meth:`stop`."""
-        volumes, config, resume_from, out_dir = self._build
-        trainer = Trainer(volumes, config, resume_from=resume_from, out_dir=out_dir)
-        with self._lock:
-            self.trainer = trainer
-            for update in self._early:
-                trainer.update_labels(update)
-            self._early.clear()
-            if self._focus is not None:
-                trainer.set_focus(self._focus[1], self._focus[0])
-            if self._paused:
-                trainer.pause()
-            if self._stopped:
-                trainer.stop()
-        for report in trainer.run():
+        self.build()
+        for report in self.trainer.run():
             self.last_report = report
             yield report
+
+    def run(self, progress_bar: bool = False) -> Report:
+        """Train to the end here, without a GUI (a progress bar on the terminal); the last report."""
+        self.build()
+        return self.trainer.train(progress_bar=progress_bar)
+
+    @property
+    def iteration(self) -> int:
+        return self.trainer.iteration if self.trainer is not None else 0
+
+    def predict(self) -> list:
+        """Every volume predicted whole by the model as it is now."""
+        if self.trainer is None:
+            raise InputError("There is no model yet: train first.")
+        return self.trainer.predict()
 
     # ---- control (any thread, before or during the run)
     def send(self, update: LabelUpdate) -> None:
