@@ -2,8 +2,8 @@
 
     python benchmarks/ceiling_loop.py FOLDER METHOD [SECONDS] > out.json   (one thread)
 
-Scored as `run_loop` scores its ceiling: Dice on the slices other than the 3 evenly spaced start
-slices. Compare with the `ceiling` of a `--protocol loop --json` run of another method.
+Scored as `run_loop` scores its ceiling (`benchmark.engine_dice`): Dice on the slices other than
+the 3 evenly spaced start slices. Compare with the `ceiling` of a `--protocol loop --json` run of another method.
 """
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from napari_semiseg.core.benchmark import evenly_spaced_slices, load_cases, unlabeled_dice  # noqa: E402
-from napari_semiseg.core.trainer import TrainConfig, Trainer  # noqa: E402
+from napari_semiseg.core.benchmark import engine_dice, evenly_spaced_slices, load_cases  # noqa: E402
+from napari_semiseg.core.trainer import TrainConfig  # noqa: E402
 from napari_semiseg.core.variants import parse_variant  # noqa: E402
-from napari_semiseg.core.volume import Volume  # noqa: E402
 
 AXIS = 2
 
@@ -32,13 +30,9 @@ def main(argv: list[str]) -> int:
     cfg = replace(parse_variant(method).apply(TrainConfig(threads=1)), minutes=seconds / 60.0, report_every=1)
     out = {}
     for c in load_cases(folder):
-        n = c.labels.shape[AXIS]
-        vol = Volume(c.image, c.labels, set(range(n)), axis=AXIS, channels=c.channels, name=c.name)
-        last = Trainer([vol], cfg).train()
         start = evenly_spaced_slices(c.labels, AXIS, 3)
-        classes = [k for k in np.unique(c.labels) if k != 0]
-        out[c.name] = unlabeled_dice(last.prediction[0].labels, c.labels, start, AXIS, classes)
-        print(f"{c.name} {method}: ceiling {out[c.name]:.3f} ({last.iteration} steps)", file=sys.stderr)
+        out[c.name] = engine_dice(c, range(c.labels.shape[AXIS]), AXIS, cfg, start)
+        print(f"{c.name} {method}: ceiling {out[c.name]:.3f}", file=sys.stderr)
     print(json.dumps({"method": method, "seconds": seconds, "ceiling": out}))
     return 0
 

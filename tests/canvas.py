@@ -31,6 +31,15 @@ def _send(widget, kind: str, pos, held: bool) -> None:
     QApplication.sendEvent(widget, event)
 
 
+def paint_stroke(viewer, layer, data_points, qtbot, label: int = 1, size: int = 3) -> None:
+    """What a user does to paint: select the layer, the brush, its size and the label, then drag."""
+    viewer.layers.selection.active = layer
+    layer.mode = "paint"
+    layer.brush_size = size
+    layer.selected_label = label
+    brush_stroke(viewer, layer, data_points, qtbot)
+
+
 def brush_stroke(viewer, layer, data_points, qtbot, steps: int = 6) -> None:
     """Press on the first point, drag through the others, release on the last (``layer`` in paint mode)."""
     widget = viewer.window._qt_viewer.canvas.native

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from canvas import brush_stroke
+from canvas import brush_stroke, paint_stroke
 from napari_semiseg.napari.controller import PSEUDO
 from gui_session import AXIS, PAINTED, click, notifications, paint_reference
 
@@ -23,17 +23,11 @@ def _start(viewer, widget, qtbot):
     return c
 
 
-def _stroke_on_slice(viewer, layer, index, qtbot, label=1):
-    """A diagonal stroke across the middle of slice ``index`` (along AXIS), label ``label``."""
-    viewer.layers.selection.active = layer
-    layer.mode = "paint"
-    layer.brush_size = 3
-    layer.selected_label = label
+def _stroke_on_slice(viewer, layer, index, qtbot):
+    """A diagonal stroke across the middle of slice ``index`` (along AXIS)."""
     shape = layer.data.shape
-    pts = [(shape[0] * f, shape[1] * f, index) for f in (0.35, 0.5, 0.65)]
-    widget_c = viewer.window._qt_viewer.canvas
-    widget_c.native.setFocus()
-    brush_stroke(viewer, layer, pts, qtbot)
+    viewer.window._qt_viewer.canvas.native.setFocus()
+    paint_stroke(viewer, layer, [(shape[0] * f, shape[1] * f, index) for f in (0.35, 0.5, 0.65)], qtbot)
 
 
 def test_a_brush_stroke_while_training_reaches_the_trainer_and_the_labeled_count(shown, qtbot):
@@ -106,12 +100,8 @@ def test_labels_painted_along_another_axis_are_flagged_not_silently_counted(show
 def _stroke_on_slice_axis0(viewer, layer, qtbot):
     c_index = 17
     viewer.dims.set_point(0, layer.data_to_world((c_index, 0, 0))[0])
-    viewer.layers.selection.active = layer
-    layer.mode = "paint"
-    layer.brush_size = 2
-    layer.selected_label = 1
     shape = layer.data.shape
-    brush_stroke(viewer, layer, [(c_index, shape[1] * 0.5, shape[2] * f) for f in (0.2, 0.8)], qtbot)
+    paint_stroke(viewer, layer, [(c_index, shape[1] * 0.5, shape[2] * f) for f in (0.2, 0.8)], qtbot, size=2)
 
 
 def test_the_machine_layers_take_no_paint_and_other_axes_take_none_while_training(shown, qtbot):
@@ -153,15 +143,10 @@ def test_a_partly_painted_photo_teaches_only_what_was_painted_and_is_accepted_a_
     widget.unpainted_combo.setCurrentIndex(1)
     assert c.state.unpainted == "unknown" and PAINTED_BACKGROUND in c.class_table()
     viewer.reset_view()
-    viewer.layers.selection.active = labels
-    labels.mode = "paint"
-    labels.brush_size = 3
-    labels.selected_label = 1
-    brush_stroke(viewer, labels, [(48, 38), (48, 52)], qtbot)  # inside one disc
+    paint_stroke(viewer, labels, [(48, 38), (48, 52)], qtbot)  # inside one disc
     click(widget, "train_button")
     assert not c.running and any("no background is painted" in e for e in notifications("error"))
-    labels.selected_label = PAINTED_BACKGROUND
-    brush_stroke(viewer, labels, [(6, 10), (6, 150)], qtbot)
+    paint_stroke(viewer, labels, [(6, 10), (6, 150)], qtbot, label=PAINTED_BACKGROUND)
     painted = np.array(labels.data, copy=True)
     assert (painted == 1).sum() > 10 and (painted == PAINTED_BACKGROUND).sum() > 100
 

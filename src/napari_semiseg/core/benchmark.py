@@ -275,13 +275,20 @@ def run_loop(case: Case, method: str, *, k: int = 3, rounds: int = 3, axis: int 
                                                                        even)})
     for key, labeled in (("even_engine", evenly_spaced_slices(case.labels, axis, k + rounds)),
                          ("ceiling", list(range(n)))):
-        vol = Volume(case.image, labels_on_slices(case.labels, labeled, axis), set(labeled), axis=axis,
-                     channels=case.channels, name=case.name)
-        last = Trainer([vol], cfg0).train()
         # the ceiling is scored where the start slices are not: every slice it trained on but those
         scored = labeled if key == "even_engine" else start
-        setattr(result, key, {"labeled": labeled, "dice": dice_off(last.prediction[0].labels, scored)})
+        setattr(result, key, {"labeled": labeled, "dice": engine_dice(case, labeled, axis, cfg0, scored)})
     return result
+
+
+def engine_dice(case: Case, labeled, axis: int, config: TrainConfig, scored_off) -> float:
+    """The engine trained on the reference labels of ``labeled`` slices of ``case``; Dice on the
+    slices other than ``scored_off``."""
+    vol = Volume(case.image, labels_on_slices(case.labels, labeled, axis), set(labeled), axis=axis,
+                 channels=case.channels, name=case.name)
+    pred = Trainer([vol], config).train().prediction[0].labels
+    classes = [c for c in np.unique(case.labels) if c != 0]
+    return unlabeled_dice(pred, case.labels, sorted(scored_off), axis, classes)
 
 
 def loop_summary(results: list[LoopResult]) -> dict:

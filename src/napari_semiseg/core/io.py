@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import NIFTI_COMMENT_CODE, from_text
+from .classes import NIFTI_COMMENT_CODE, from_text, to_text
 from .errors import InputError
 from .files import atomic_write, check_output_file
 
@@ -604,8 +604,6 @@ def _check_output(path: str | os.PathLike, source: SourceInfo | None, what: str)
 def _write_tiff(tmp: str, labels: np.ndarray, classes: dict | None = None) -> None:
     import tifffile
 
-    from .classes import to_text
-
     tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack", metadata=None,
                      description=to_text(classes) if classes else None)
 
@@ -630,8 +628,6 @@ def _to_file_grid(data: np.ndarray, source: SourceInfo | None, spacing=None) -> 
 
 def _write_nifti(tmp: str, labels: np.ndarray, source: SourceInfo | None, spacing, classes=None) -> None:
     import nibabel as nib
-
-    from .classes import to_text
 
     grid, affine, on_scan = _to_file_grid(labels, source, spacing)
     img = nib.Nifti1Image(grid, affine)

@@ -92,16 +92,14 @@ def tile_size(shape: tuple[int, int]) -> int:
     return int(max(64, min(shape) // 8))
 
 
-def propose_tile(uncertainty: np.ndarray, known: np.ndarray, exclude=()) -> tuple[int, int, int, int]:
+def propose_tile(uncertainty: np.ndarray, known: np.ndarray) -> tuple[int, int, int, int]:
     """For a 2D image, the tile to look at next (top, left, bottom, right): where the teacher is most
-    uncertain about pixels whose label is not known yet. ``exclude``: tiles (top, left) to skip."""
+    uncertain about pixels whose label is not known yet."""
     unc = np.asarray(uncertainty, np.float32)
     t = tile_size(unc.shape)
     best, where = -1.0, None
     for top in range(0, unc.shape[0], t):
         for left in range(0, unc.shape[1], t):
-            if (top, left) in exclude:
-                continue
             u = unc[top:top + t, left:left + t]
             open_ = ~np.asarray(known[top:top + t, left:left + t], bool)
             value = float((u * open_).mean())

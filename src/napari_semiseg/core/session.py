@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import InputError
@@ -22,17 +22,18 @@ from .trainer import LabelUpdate, Report, TrainConfig, Trainer
 class LocalSession:
     """Training in this process. The trainer is built by the first ``next()`` on :meth:`reports`, in
     the thread that iterates them: building it (normalisation statistics, the network) held the
-    viewer's GUI thread for 0.4 s."""
+    viewer's GUI thread for 0.4 s. ``volumes`` may be a function that makes them, so that their
+    intensity statistics are computed there too."""
 
-    def __init__(self, volumes: list, config: TrainConfig, *, resume_from: str | os.PathLike | None = None,
-                 out_dir: str | os.PathLike | None = None, focus: tuple[int, int] | None = None):
+    def __init__(self, volumes: list | Callable[[], list], config: TrainConfig, *,
+                 resume_from: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
+                 focus: tuple[int, int] | None = None):
         self._build = (volumes, config, resume_from, out_dir)
         self._lock = threading.Lock()
         self._early: list[LabelUpdate] = []  # updates sent before the trainer existed
         self._focus = focus
         self._paused = self._stopped = False
         self.trainer: Trainer | None = None  # for inspection in this process only; control goes through here
-        self.last_report: Report | None = None
 
     # ---- the run
     def build(self) -> dict:
@@ -42,7 +43,8 @@ class LocalSession:
             built = self.trainer is not None
         if not built:
             volumes, config, resume_from, out_dir = self._build
-            trainer = Trainer(volumes, config, resume_from=resume_from, out_dir=out_dir)
+            trainer = Trainer(volumes() if callable(volumes) else volumes, config, resume_from=resume_from,
+                              out_dir=out_dir)
             with self._lock:
                 self.trainer = trainer
                 for update in self._early:
@@ -59,9 +61,7 @@ class LocalSession:
     def reports(self) -> Iterator[Report]:
         """Train, yielding reports, until the budget is spent or :meth:`stop`."""
         self.build()
-        for report in self.trainer.run():
-            self.last_report = report
-            yield report
+        yield from self.trainer.run()
 
     def run(self, progress_bar: bool = False) -> Report:
         """Train to the end here, without a GUI (a progress bar on the terminal); the last report."""
@@ -121,11 +121,6 @@ class LocalSession:
     @property
     def has_model(self) -> bool:
         return self.trainer is not None
-
-    @property
-    def focused(self) -> tuple[int, int] | None:
-        """(volume, slice) the next refresh predicts first."""
-        return self._focus
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save the model into ``path`` (a paused or ended run: a running one is refused)."""

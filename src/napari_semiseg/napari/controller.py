@@ -30,7 +30,7 @@ from ..core.trainer import LabelUpdate, Report, TrainConfig
 from ..core.io import SourceInfo
 from ..core.volume import Volume, final_segmentation, labeled_slices_from_labels, painting_axis
 from .edits import LabelEditWatcher
-from .layers import SOURCE_KEY, label_colormap
+from .layers import SOURCE_KEY, label_colormap, source_from_meta
 
 PSEUDO = "pseudo-labels"
 UNCERTAINTY = "uncertainty"
@@ -254,9 +254,13 @@ class SessionController:
     def axis_words(self, axis: int | None = None) -> str:
         """'sagittal' for a NIfTI (where the file says how it lies in the body), else 'axis 2'."""
         axis = self.state.axis if axis is None else axis
-        src = SourceInfo.from_metadata((getattr(self.state.image_layer, "metadata", {}) or {}).get(SOURCE_KEY))
+        src = self._image_source()
         names = src.axis_names() if src is not None else None
         return names[axis] if names else f"axis {axis}"
+
+    def _image_source(self) -> SourceInfo | None:
+        """The file the chosen image came from (format, spacing, orientation), if the reader said."""
+        return source_from_meta(getattr(self.state.image_layer, "metadata", None))
 
     def set_axis(self, axis: int) -> None:
         """Label and train on slices along ``axis``; napari's view turns to show those slices."""
@@ -445,8 +449,9 @@ class SessionController:
         # errors are ours to report (a notification), not to re-raise in the event loop
         self.state.resume_next = False
         focus = snapshot.pop("focus")
-        self.session = LocalSession([Volume(**snapshot)], config, resume_from=resume_from, out_dir=out_dir,
-                                    focus=(0, focus))
+        # the volume's intensity statistics are computed in the worker thread, not in this click
+        self.session = LocalSession(lambda: [Volume(**snapshot)], config, resume_from=resume_from,
+                                    out_dir=out_dir, focus=(0, focus))
         self.worker = create_worker(self._run_session, self.session,
                                     _connect={"yielded": self._on_report, "errored": self._on_error,
                                               "finished": self._on_finished},
@@ -864,7 +869,7 @@ class SessionController:
 
     def _spacing_mm(self) -> tuple[float, ...] | None:
         """The voxel size in mm, when the file gave one (NIfTI); None for a plain image."""
-        src = SourceInfo.from_metadata((getattr(self.state.image_layer, "metadata", {}) or {}).get(SOURCE_KEY))
+        src = self._image_source()
         if src is None or src.format != "nifti" or len(src.spacing) != 3:
             return None
         return tuple(float(v) for v in src.spacing)

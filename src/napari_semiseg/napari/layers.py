@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.classes import CLASSES_KEY, complete
+from ..core.classes import CLASSES_KEY
 from ..core.io import LoadedImage, SourceInfo, stem_of
 
 SOURCE_KEY = "semiseg_source"
@@ -16,13 +16,8 @@ def layer_data(loaded: LoadedImage, name: str | None = None) -> tuple:
     name = name or stem_of(loaded.source.path)
     ndim = len(loaded.spatial_shape)
     scale = tuple(loaded.source.spacing) if len(loaded.source.spacing) == ndim else (1.0,) * ndim
-    if loaded.is_label:
-        kwargs = {"name": name, "scale": scale, "metadata": meta}
-        if loaded.source.header.get("classes"):  # names and colours written with the file
-            table = complete(loaded.source.header["classes"], ())
-            kwargs["metadata"] = {**meta, CLASSES_KEY: table}
-            kwargs["colormap"] = label_colormap(table)
-        return (loaded.data, kwargs, "labels")
+    if loaded.is_label:  # with the names and colours written in the file, if any
+        return (loaded.data, _labels_kwargs(name, scale, meta, loaded.source.header.get("classes")), "labels")
     kwargs = {"name": name, "scale": scale, "metadata": meta, "rgb": loaded.rgb}
     if not loaded.rgb:
         kwargs["colormap"] = "gray"
@@ -47,11 +42,15 @@ def empty_labels_for(loaded: LoadedImage, name: str, classes: dict | None = None
     meta = {SOURCE_KEY: loaded.source.to_metadata()}
     ndim = len(loaded.spatial_shape)
     scale = tuple(loaded.source.spacing) if len(loaded.source.spacing) == ndim else (1.0,) * ndim
+    return (data, _labels_kwargs(name, scale, meta, classes), "labels")
+
+
+def _labels_kwargs(name: str, scale, meta: dict, classes: dict | None) -> dict:
     kwargs = {"name": name, "scale": scale, "metadata": meta}
     if classes:
         kwargs["metadata"] = {**meta, CLASSES_KEY: classes}
         kwargs["colormap"] = label_colormap(classes)
-    return (data, kwargs, "labels")
+    return kwargs
 
 
 def label_colormap(table: dict):

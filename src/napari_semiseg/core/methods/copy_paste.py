@@ -8,7 +8,7 @@ soft CE, and adds a similarity-alignment term computed with a frozen encoder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -46,25 +46,29 @@ class Mix:
     w_b: float
     trusted_a: bool = True  # labels of the outer image are ground truth (not pseudo-labels)
     trusted_b: bool = True
+    known_a: torch.Tensor = field(init=False)  # (N, H, W) pixels whose label is known
+    known_b: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        # a partly labeled slice's unknown pixels: background in the targets, weight 0 in every term
+        self.y_a, self.known_a = split_known(self.y_a)
+        self.y_b, self.known_b = split_known(self.y_b)
 
     def hard_labels(self) -> torch.Tensor:
-        return torch.where(self.alpha > 0.5, split_known(self.y_a)[0], split_known(self.y_b)[0])
+        return torch.where(self.alpha > 0.5, self.y_a, self.y_b)
 
     def trusted(self) -> torch.Tensor:
         """(N, H, W) pixels whose label is ground truth (known, not a pseudo-label)."""
         outer = (self.alpha > 0.5).expand_as(self.y_a)
-        (_, known_a), (_, known_b) = split_known(self.y_a), split_known(self.y_b)
-        return (outer & known_a & self.trusted_a) | (~outer & known_b & self.trusted_b)
+        return (outer & self.known_a & self.trusted_a) | (~outer & self.known_b & self.trusted_b)
 
     def soft_target(self, n_classes: int) -> torch.Tensor:
         a = self.alpha[None, None]
-        return (one_hot(split_known(self.y_a)[0], n_classes) * a
-                + one_hot(split_known(self.y_b)[0], n_classes) * (1 - a))
+        return one_hot(self.y_a, n_classes) * a + one_hot(self.y_b, n_classes) * (1 - a)
 
     def weight_map(self) -> torch.Tensor:
         """Each image's weight where its labels are known; 0 on a partly labeled slice's unknown pixels."""
-        (_, known_a), (_, known_b) = split_known(self.y_a), split_known(self.y_b)
-        return self.w_a * self.alpha * known_a + self.w_b * (1 - self.alpha) * known_b
+        return self.w_a * self.alpha * self.known_a + self.w_b * (1 - self.alpha) * self.known_b
 
 
 def paste(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, y_a, y_b, w_a: float = 1.0, w_b: float = 1.0,
@@ -77,13 +81,12 @@ def region_loss(logits: torch.Tensor, mix: Mix) -> torch.Tensor:
     """BCP's mix loss: (Dice + CE) / 2, each the weighted sum of its mean inside and outside the box."""
     n_classes = logits.shape[1]
     probs = torch.softmax(logits.float(), 1)
-    (y_a, known_a), (y_b, known_b) = split_known(mix.y_a), split_known(mix.y_b)
-    outside = (mix.alpha > 0.5).expand_as(y_a) & known_a
-    inside = (mix.alpha <= 0.5).expand_as(y_b) & known_b
-    dice = (mix.w_a * soft_dice_loss(probs, one_hot(y_a, n_classes), outside)
-            + mix.w_b * soft_dice_loss(probs, one_hot(y_b, n_classes), inside))
-    ce = (mix.w_a * masked_cross_entropy(logits, y_a, outside)
-          + mix.w_b * masked_cross_entropy(logits, y_b, inside))
+    outside = (mix.alpha > 0.5).expand_as(mix.y_a) & mix.known_a
+    inside = (mix.alpha <= 0.5).expand_as(mix.y_b) & mix.known_b
+    dice = (mix.w_a * soft_dice_loss(probs, one_hot(mix.y_a, n_classes), outside)
+            + mix.w_b * soft_dice_loss(probs, one_hot(mix.y_b, n_classes), inside))
+    ce = (mix.w_a * masked_cross_entropy(logits, mix.y_a, outside)
+          + mix.w_b * masked_cross_entropy(logits, mix.y_b, inside))
     return 0.5 * (dice + ce)
 
 

@@ -121,8 +121,8 @@ class MeanTeacher(TeacherMixin, Method):
             if s.align:
                 target = self._aligned(target, batch.y_l)
         if capturing:
-            self._record("source", features=feats_l["decoder"], labels=split_known(batch.y_l)[0],
-                         mask=split_known(batch.y_l)[1])
+            known_labels, known = split_known(batch.y_l)
+            self._record("source", features=feats_l["decoder"], labels=known_labels, mask=known)
             if s.teacher_norm != "batch":
                 self._record("target", features=feats_t["decoder"], probs=target)
         dist = ((torch.softmax(logits[nl:].float(), 1) - target) ** 2).mean(1)

@@ -151,8 +151,8 @@ class SGRSNet(TeacherMixin, Method):
         pseudo_loss = 0.5 * (parts["ce"] + parts["dice"])
         w = s.pseudo_weight * sigmoid_rampup(state.ramp(s.rampup_fraction, s.rampup_iterations), 1.0)
         if self.capture is not None:
-            self._record("source", features=feats_l["decoder"], labels=split_known(batch.y_l)[0],
-                         mask=split_known(batch.y_l)[1])
+            known_labels, known = split_known(batch.y_l)
+            self._record("source", features=feats_l["decoder"], labels=known_labels, mask=known)
             self._record("target", features=feats_t["decoder"], probs=torch.softmax(logits_t.float(), 1))
         return {"loss": sup + w * pseudo_loss, "supervised": sup.detach(), "pseudo": pseudo_loss.detach(),
                 "consistent_fraction": regions.consistent.float().mean(),
