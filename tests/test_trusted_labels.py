@@ -159,6 +159,10 @@ def test_a_partly_painted_photo_teaches_only_what_was_painted_and_is_accepted_a_
 
     click(widget, "next_uncertain_button")
     top, left, bottom, right = c.state.tile
+    # the view centres on the tile and zooms until it spans 80 % of the canvas's shorter side
+    np.testing.assert_allclose(viewer.camera.center[-2:], ((top + bottom) / 2, (left + right) / 2), atol=1)
+    on_screen = viewer.camera.zoom * max(bottom - top, right - left)
+    assert abs(on_screen - 0.8 * min(viewer.canvas.size)) < 2
     before = np.array(labels.data, copy=True)
     click(widget, "accept_slice_button")
     changed = np.argwhere(labels.data != before)

@@ -770,8 +770,8 @@ class SessionController:
         layer = self.state.labels_layer
         centre = layer.data_to_world(((top + bottom) / 2, (left + right) / 2))
         self.viewer.camera.center = tuple(float(v) for v in centre)
-        canvas = getattr(self.viewer, "_canvas_size", None)
-        if canvas is not None and min(canvas) > 0:
+        canvas = self.viewer.canvas.size  # (height, width) in screen pixels
+        if min(canvas) > 0:
             extent = max(bottom - top, right - left) * float(max(layer.scale[-2:]))
             self.viewer.camera.zoom = 0.8 * min(canvas) / extent
         return 0
