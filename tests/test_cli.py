@@ -11,9 +11,9 @@ import pytest
 
 from napari_semiseg import __version__
 from napari_semiseg.cli import main
-from napari_semiseg.core.io import write_labels
+from napari_semiseg.core.io import read_labels, write_labels
 from napari_semiseg.core.trainer import TrainConfig
-from napari_semiseg.samples import sample_labels
+from napari_semiseg.samples import sample_image, sample_labels
 
 
 def run_cli(*args, env=None):
@@ -249,3 +249,8 @@ def test_train_on_scribbles_with_unpainted_unknown(tmp_path, monkeypatch):
     np.testing.assert_array_equal(seen["labels"] == UNKNOWN, painted == 0)
     np.testing.assert_array_equal(seen["labels"] == 0, painted == PAINTED_BACKGROUND)
     assert (tmp_path / "out" / "mask.tif").exists()
+    # the 2D model's mask as a palette PNG; a volume asked for a PNG is refused before any prediction
+    assert main(["predict", str(tmp_path / "out"), str(tmp_path / "photo.tif"), "--out", str(tmp_path / "m.png")]) == 0
+    assert read_labels(tmp_path / "m.png").data.shape == image.shape
+    r = run_cli("predict", str(tmp_path / "out"), str(sample_image()), "--out", str(tmp_path / "v.png"))
+    assert r.returncode == 2 and "PNG holds one 2D image" in r.stderr and not (tmp_path / "v.png").exists()

@@ -97,6 +97,45 @@ def test_png_grey_and_rgba(tmp_path):
     assert loaded.rgb and loaded.data.shape == (6, 7, 3)
 
 
+def test_png_label_maps_round_trip_as_palette_or_16_bit_and_only_in_2d(tmp_path):
+    from PIL import Image
+
+    from napari_semiseg.core.io import write_float_map
+
+    labels = np.zeros((20, 30), np.uint8)
+    labels[2:6, 3:9], labels[10:12, 20:25] = 1, 2
+    classes = {1: {"name": "vessel", "colour": "#00ff00"}, 2: {"name": "disc", "colour": "#0000ff"}}
+    out = write_labels(tmp_path / "drawn.png", labels, classes=classes)  # no label word in the name
+    back = read_image(out)  # the classes it carries make it a label map
+    assert back.is_label and back.source.header["classes"] == classes
+    np.testing.assert_array_equal(back.data, labels)
+    with Image.open(out) as im:
+        assert im.mode == "P" and im.getpalette()[3:9] == [0, 255, 0, 0, 0, 255]
+    many = np.zeros((5, 6), np.uint16)
+    many[1, 1] = 300  # more classes than a palette holds: 16-bit grey
+    np.testing.assert_array_equal(read_labels(write_labels(tmp_path / "many_mask.png", many)).data, many)
+    with pytest.raises(InputError, match="PNG holds one 2D image"):
+        write_labels(tmp_path / "vol.png", np.zeros((2, 5, 6), np.uint8))
+    with pytest.raises(InputError):  # a float map in a PNG would lose its values
+        write_float_map(tmp_path / "u.png", np.zeros((5, 6), np.float32))
+    assert not (tmp_path / "vol.png").exists() and not (tmp_path / "u.png").exists()
+
+
+def test_a_palette_photo_opens_in_colour_and_a_palette_mask_as_its_indices(tmp_path):
+    from PIL import Image
+
+    idx = np.zeros((8, 9), np.uint8)
+    idx[2:4, 2:5] = 1
+    for name in ("drawing.png", "drawing_mask.png"):
+        im = Image.fromarray(idx, mode="P")
+        im.putpalette([10, 20, 30, 200, 100, 50])
+        im.save(tmp_path / name)
+    photo = read_image(tmp_path / "drawing.png")
+    assert photo.rgb and tuple(photo.data[2, 2]) == (200, 100, 50)
+    mask = read_image(tmp_path / "drawing_mask.png")
+    assert mask.is_label and np.array_equal(mask.data, idx)
+
+
 def test_ssl4mis_h5_file_and_split_folder(tmp_path):
     data = tmp_path / "ACDC" / "data"
     (data / "slices").mkdir(parents=True)
@@ -139,7 +178,7 @@ def test_unsupported_extension(tmp_path):
         read_image(p)
     assert "Unsupported" in _one_sentence(e)
     with pytest.raises(InputError):
-        write_labels(tmp_path / "out.png", np.zeros((3, 3), np.uint8))
+        write_labels(tmp_path / "out.jpg", np.zeros((3, 3), np.uint8))
 
 
 @pytest.mark.parametrize("name", ["scan.nii.gz", "scan.nii", "scan.tif", "scan.png", "scan.h5"])

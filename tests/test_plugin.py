@@ -33,7 +33,7 @@ def test_napari_discovers_the_plugin_and_its_contributions():
     contrib = manifest.contributions
     assert {w.display_name for w in contrib.widgets} == {WIDGET}
     assert {s.key for s in contrib.sample_data} == {"hippocampus", "hippocampus_reference"}
-    assert {tuple(w.filename_extensions) for w in contrib.writers} == {(".nii.gz", ".nii"), (".tif", ".tiff")}
+    assert {tuple(w.filename_extensions) for w in contrib.writers} == {(".nii.gz", ".nii"), (".tif", ".tiff"), (".png",)}
     assert "napari/layers/segment" in contrib.menus
 
 

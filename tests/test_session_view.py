@@ -160,3 +160,64 @@ def test_loop_shortcuts_go_through_napari_keybindings_and_can_be_remapped(sessio
     action_manager.bind_shortcut(name, "Shift-A")
     qtbot.keyClick(canvas, Qt.Key.Key_T, Qt.KeyboardModifier.ShiftModifier)  # Shift+T again: stop
     qtbot.waitUntil(lambda: not c.running, timeout=60000)
+
+
+def test_export_writes_where_the_user_chooses_a_png_for_a_photograph_with_its_classes(
+        make_napari_viewer, fresh_notifications, tmp_path, monkeypatch):
+    import imageio.v3 as iio
+    from PIL import Image
+    from qtpy.QtWidgets import QFileDialog
+
+    from gui_session import WIDGET
+
+    photo = tmp_path / "fundus.png"
+    iio.imwrite(photo, np.random.default_rng(0).integers(0, 255, (60, 80), dtype=np.uint8))
+    viewer = make_napari_viewer()
+    viewer.open(str(photo), plugin="napari-semiseg")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-semiseg", WIDGET)
+    c = widget.controller
+    assert not widget.export_button.isEnabled()  # nothing to export before there is a labels layer
+    widget.labels_combo.activated.emit(widget.labels_combo.findText(NEW_LABELS))
+    labels = c.state.labels_layer
+    labels.data_setitem((np.arange(10, 30), np.full(20, 40)), 1)
+    c.set_class(1, name="vessel", colour="#ff8000")
+
+    offered = []
+
+    def save_dialog(parent, caption, default, formats):  # the native dialog: the user types a bare name
+        offered.append((default, formats))
+        return str(tmp_path / "out" / "mine"), formats.split(";;")[0]
+
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", save_dialog)
+    click(widget, "export_button")
+    assert offered[0][0] == str(tmp_path / "fundus_labels.png")  # beside the photograph, named after it
+    assert offered[0][1].startswith("PNG")
+    written = tmp_path / "out" / "mine.png"
+    back = read_labels(written)
+    np.testing.assert_array_equal(back.data, labels.data)
+    assert back.source.header["classes"][1]["name"] == "vessel"
+    with Image.open(written) as im:  # a palette PNG: any image viewer shows the class in its colour
+        assert im.mode == "P" and im.getpalette()[3:6] == [255, 128, 0]
+    assert any(str(written) in m for m in notifications("info"))
+
+
+def test_export_of_a_volume_is_offered_as_nifti_and_refused_as_png(session, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from qtpy.QtWidgets import QFileDialog
+
+    viewer, widget = session
+    paint_reference(viewer.layers["annotations"], slices=(12,))
+    offered = []
+    answer = str(tmp_path / "volume.png")
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        lambda parent, caption, default, formats: (offered.append(default), (answer, ""))[1])
+    click(widget, "export_button")
+    # the bundled sample's folder is not the user's: the export is offered in the home folder
+    assert Path(offered[0]).parent == Path.home() and offered[0].endswith("_labels.nii.gz")
+    assert not (tmp_path / "volume.png").exists()
+    assert any("PNG holds one 2D image" in e for e in notifications("error"))
+    answer = str(tmp_path / "volume.nii.gz")
+    click(widget, "export_button")
+    np.testing.assert_array_equal(read_labels(answer).data, viewer.layers["annotations"].data)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from canvas import brush_stroke, paint_stroke
-from napari_semiseg.napari.controller import PSEUDO
+from napari_semiseg.napari.controller import PSEUDO, TILE
 from gui_session import AXIS, PAINTED, click, notifications, paint_reference
 
 def _warnings():
@@ -163,8 +163,12 @@ def test_a_partly_painted_photo_teaches_only_what_was_painted_and_is_accepted_a_
     np.testing.assert_allclose(viewer.camera.center[-2:], ((top + bottom) / 2, (left + right) / 2), atol=1)
     on_screen = viewer.camera.zoom * max(bottom - top, right - left)
     assert abs(on_screen - 0.8 * min(viewer.canvas.size)) < 2
+    frame = viewer.layers[TILE].data[0]  # the tile is framed on screen; painting stays on the labels
+    assert frame[:, 0].min() == top - 0.5 and frame[:, 1].max() == right - 0.5
+    assert viewer.layers.selection.active is labels
     before = np.array(labels.data, copy=True)
     click(widget, "accept_slice_button")
+    assert TILE not in viewer.layers
     changed = np.argwhere(labels.data != before)
     assert len(changed) and changed[:, 0].min() >= top and changed[:, 0].max() < bottom
     assert changed[:, 1].min() >= left and changed[:, 1].max() < right

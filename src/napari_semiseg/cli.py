@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="apply a saved model to an image")
     pr.add_argument("model", help="the folder `train --out` wrote, or its config.json / model.safetensors")
     pr.add_argument("image")
-    pr.add_argument("--out", required=True, help="mask file (.nii.gz, .nii, .tif)")
+    pr.add_argument("--out", required=True, help="mask file (.nii.gz, .nii, .tif; .png for a 2D image)")
     pr.add_argument("--uncertainty", metavar="MAP", help="also write the uncertainty map (.nii.gz or .tif, float32)")
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
@@ -365,17 +365,20 @@ def _binary_mask_as_class_one(labels: np.ndarray, name: str) -> np.ndarray:
 def cmd_predict(args) -> int:
     from .core.checkpoint import load_method, model_dir, predict_with_model, volume_for_model
     from .core.files import expand_inputs, is_same_file
-    from .core.io import check_export_path, read_image, write_float_map, write_labels
+    from .core.io import FLOAT_WRITE_SUFFIXES, check_export_path, read_image, suffix_of, write_float_map, write_labels
 
     inputs = expand_inputs([model_dir(args.model), args.image])
     check_export_path(args.out, inputs, "mask")
     if args.uncertainty:
-        check_export_path(args.uncertainty, inputs, "uncertainty map")
+        check_export_path(args.uncertainty, inputs, "uncertainty map", FLOAT_WRITE_SUFFIXES)
         if is_same_file(args.out, args.uncertainty):
             raise InputError("--out and --uncertainty name the same file: give each its own name.")
     method, meta = load_method(args.model)
     image = read_image(args.image, as_labels=False)
     _warn_about(image)
+    if suffix_of(args.out) == ".png" and len(image.spatial_shape) != 2:
+        raise InputError(f"{Path(args.image).name} is a volume and a PNG holds one 2D image: give --out a "
+                         ".nii.gz or .tif name.")
     volume = volume_for_model(image.data, meta, channels=image.rgb, name=Path(args.image).name)
     pred = predict_with_model(method, meta, volume, device=args.device)
     written = write_labels(args.out, pred.labels, image.source)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import NIFTI_COMMENT_CODE, from_text, to_text
+from .classes import CLASSES_KEY, NIFTI_COMMENT_CODE, default_class, from_text, to_text
 from .errors import InputError
 from .files import atomic_write, check_output_file
 
@@ -29,7 +29,8 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
 HDF5_SUFFIXES = (".h5", ".hdf5")
 READ_SUFFIXES = NIFTI_SUFFIXES + TIFF_SUFFIXES + PHOTO_SUFFIXES + HDF5_SUFFIXES
-LABEL_WRITE_SUFFIXES = NIFTI_SUFFIXES + TIFF_SUFFIXES
+FLOAT_WRITE_SUFFIXES = NIFTI_SUFFIXES + TIFF_SUFFIXES
+LABEL_WRITE_SUFFIXES = FLOAT_WRITE_SUFFIXES + (".png",)  # PNG: 2D label maps only
 
 # Names that mark a file (or its folder) as a label map rather than a scan.
 _LABEL_WORDS = {"label", "labels", "mask", "masks", "seg", "segmentation", "gt", "annotation",
@@ -235,7 +236,7 @@ def _read_any(path: Path, as_labels: bool | None) -> LoadedImage:
     if suffix in TIFF_SUFFIXES:
         return _read_tiff(path)
     if suffix in PHOTO_SUFFIXES:
-        return _read_photo(path)
+        return _read_photo(path, as_labels)
     if suffix in HDF5_SUFFIXES:
         image, label = read_h5(path)
         key_label = as_labels if as_labels is not None else False
@@ -430,13 +431,18 @@ def _tiff_spacing(tif) -> tuple[float, ...]:
         return (1.0, 1.0, 1.0)
 
 
-def _read_photo(path: Path) -> LoadedImage:
+def _read_photo(path: Path, as_labels: bool | None = None) -> LoadedImage:
     import imageio.v3 as iio
     from PIL import Image
 
     with Image.open(path) as im:  # the header alone: refuse what would not fit before decoding it
         _check_allocation(path, (im.height, im.width, len(im.getbands())), np.uint16 if im.mode.startswith("I")
                           else np.uint8)
+        classes = from_text(im.info.get(CLASSES_KEY))
+        if im.mode == "P" and (classes or as_labels or (as_labels is None and looks_like_label_file(path))):
+            # a label map with a palette (ours, or e.g. PASCAL VOC's): the pixel values are the classes
+            return LoadedImage(np.asarray(im), SourceInfo(str(path), "photo", (1.0, 1.0),
+                                                          header={"classes": classes} if classes else {}))
     data = np.asarray(iio.imread(str(path)))
     if data.ndim == 3 and data.shape[-1] == 4:
         data = data[..., :3]
@@ -569,7 +575,7 @@ def check_same_shape(image: LoadedImage, labels: LoadedImage) -> None:
 def write_labels(path: str | os.PathLike, labels: np.ndarray, source: SourceInfo | None = None,
                  *, spacing: tuple[float, ...] | None = None, overwrite: bool = True,
                  classes: dict | None = None) -> Path:
-    """Write a label map (display order) to NIfTI or TIFF, atomically.
+    """Write a label map (display order) to NIfTI, TIFF or (2D) PNG, atomically.
 
     With a NIfTI ``source`` the mask goes back to the file's voxel grid with its affine, so it
     overlays the scan in other viewers. The dtype is the smallest unsigned type that holds it.
@@ -578,27 +584,52 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, source: SourceInfo
     path = _check_output(path, source, "labels")
     if labels.ndim not in (2, 3):
         raise InputError(f"Labels of shape {labels.shape} cannot be exported: 2D or 3D only.")
+    if suffix_of(path) == ".png" and labels.ndim != 2:
+        raise InputError(f"A PNG holds one 2D image; export labels of shape {labels.shape} as NIfTI or TIFF.")
     labels = validate_labels(labels, name="The labels to export")
     if path.exists() and not overwrite:
         raise InputError(f"{path} already exists.")
     if suffix_of(path) in NIFTI_SUFFIXES:
         writer = lambda tmp: _write_nifti(tmp, labels, source, spacing, classes)  # noqa: E731
+    elif suffix_of(path) == ".png":
+        writer = lambda tmp: _write_png(tmp, labels, classes)  # noqa: E731
     else:
         writer = lambda tmp: _write_tiff(tmp, labels, classes)  # noqa: E731
     return atomic_write(path, writer, "labels", suffix=suffix_of(path))
 
 
-def check_export_path(path: str | os.PathLike, inputs, what: str) -> Path:
+def check_export_path(path: str | os.PathLike, inputs, what: str, suffixes=LABEL_WRITE_SUFFIXES) -> Path:
     """An export path of a format we write, in a writable folder, and none of ``inputs``."""
     path = Path(path)
-    if suffix_of(path) not in LABEL_WRITE_SUFFIXES:
-        raise _unsupported(path, LABEL_WRITE_SUFFIXES)
+    if suffix_of(path) not in suffixes:
+        raise _unsupported(path, suffixes)
     return check_output_file(path, inputs, what)
 
 
-def _check_output(path: str | os.PathLike, source: SourceInfo | None, what: str) -> Path:
+def _check_output(path: str | os.PathLike, source: SourceInfo | None, what: str,
+                  suffixes=LABEL_WRITE_SUFFIXES) -> Path:
     """The scan the data were drawn on is an input of every export."""
-    return check_export_path(path, [source.path] if source is not None and source.path else [], what)
+    return check_export_path(path, [source.path] if source is not None and source.path else [], what, suffixes)
+
+
+def _write_png(tmp: str, labels: np.ndarray, classes: dict | None = None) -> None:
+    """Class values as pixel values; up to 255 classes as a palette PNG, so any image viewer shows the
+    classes' colours while a program reads the values; more as 16-bit grey. Classes in a text chunk."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    if classes:
+        info.add_text(CLASSES_KEY, to_text(classes))
+    if labels.max(initial=0) <= 255:
+        im = Image.fromarray(labels.astype(np.uint8), mode="P")
+        palette = [0, 0, 0] * 256
+        for value in range(1, 256):
+            colour = (classes or {}).get(value, {}).get("colour") or default_class(value)["colour"]
+            palette[3 * value:3 * value + 3] = [int(colour[i:i + 2], 16) for i in (1, 3, 5)]
+        im.putpalette(palette)
+    else:
+        im = Image.fromarray(labels.astype(np.uint16))
+    im.save(tmp, format="PNG", pnginfo=info)
 
 
 def _write_tiff(tmp: str, labels: np.ndarray, classes: dict | None = None) -> None:
@@ -643,7 +674,7 @@ def _write_nifti(tmp: str, labels: np.ndarray, source: SourceInfo | None, spacin
 
 def write_float_map(path: str | os.PathLike, data: np.ndarray, source: SourceInfo | None = None) -> Path:
     """Write a float32 map (e.g. uncertainty) on the scan's grid: NIfTI with its affine, or TIFF."""
-    path = _check_output(path, source, "uncertainty map")
+    path = _check_output(path, source, "uncertainty map", FLOAT_WRITE_SUFFIXES)
     data = np.asarray(data, np.float32)
     suffix = suffix_of(path)
     if suffix in NIFTI_SUFFIXES:

@@ -27,8 +27,9 @@ from ..core.errors import InputError, is_out_of_memory, out_of_memory_message
 from ..core.proposal import propose_slice, propose_tile
 from ..core.session import LocalSession
 from ..core.trainer import LabelUpdate, Report, TrainConfig
-from ..core.io import SourceInfo
+from ..core.io import SourceInfo, stem_of, write_labels
 from ..core.volume import Volume, final_segmentation, labeled_slices_from_labels, painting_axis
+from ..samples import sample_root
 from .edits import LabelEditWatcher
 from .layers import SOURCE_KEY, label_colormap, source_from_meta
 
@@ -36,7 +37,8 @@ PSEUDO = "pseudo-labels"
 UNCERTAINTY = "uncertainty"
 SEGMENTATION = "segmentation"
 SURFACE = "segmentation surface"
-LIVE_LAYERS = (PSEUDO, UNCERTAINTY, SEGMENTATION, SURFACE)
+TILE = "proposed tile"
+LIVE_LAYERS = (PSEUDO, UNCERTAINTY, SEGMENTATION, SURFACE, TILE)
 OVERLAYS = ("pseudo-labels", "uncertainty", "none")  # what lies over the scan while training
 
 
@@ -393,6 +395,7 @@ class SessionController:
                                               "Paint a few slices (or mark empty ones), then Train."),
             "pause": idle, "stop": idle, "next": no_scores, "accept": no_proposal,
             "accept_next": no_proposal or no_scores, "finish": no_proposal, "mark": no_labels,
+            "export": no_labels,
             "save": "There is no model yet: train first." if self.session is None or not self.session.has_model else (
                 "Pause or stop training first." if self.running and not self.paused else None),
             "load": running,
@@ -774,7 +777,21 @@ class SessionController:
         if min(canvas) > 0:
             extent = max(bottom - top, right - left) * float(max(layer.scale[-2:]))
             self.viewer.camera.zoom = 0.8 * min(canvas) / extent
+        self._outline_tile(tile)
         return 0
+
+    def _outline_tile(self, tile: tuple[int, int, int, int] | None) -> None:
+        """A frame round the tile Accept will take (none once it is taken); the labels stay selected."""
+        if TILE in self.viewer.layers:
+            self.viewer.layers.remove(TILE)
+        if tile is None:
+            return
+        top, left, bottom, right = (v - 0.5 for v in tile)  # pixel edges, not centres
+        corners = np.array([[top, left], [top, right], [bottom, right], [bottom, left]])
+        self.viewer.add_shapes([corners], shape_type="rectangle", name=TILE, edge_color="#ffffff",
+                               face_color="transparent", edge_width=max(1.0, (right - left) / 100),
+                               **self._live_kwargs())
+        self.viewer.layers.selection.active = self.state.labels_layer
 
     def accept_slice(self) -> int:
         """Copy the pseudo-label of the current slice into the user's labels (one undo step).
@@ -799,6 +816,7 @@ class SessionController:
             inside = np.zeros(merged.shape, bool)
             inside[top:bottom, left:right] = True
             merged = np.where(inside, merged, user)
+            self._outline_tile(None)  # taken: the frame goes, a second Accept changes nothing
         idx2d = np.nonzero(merged != user)
         if idx2d[0].size:
             full = []
@@ -873,6 +891,39 @@ class SessionController:
         if src is None or src.format != "nifti" or len(src.spacing) != 3:
             return None
         return tuple(float(v) for v in src.spacing)
+
+    # ------------------------------------------------------------------ export
+    def export_layer(self):
+        """What Export writes: the segmentation once Finish has built it, else the user's own labels."""
+        if SEGMENTATION in self.viewer.layers:
+            return self.viewer.layers[SEGMENTATION]
+        return self.state.labels_layer
+
+    def default_export_path(self) -> Path:
+        """Beside the scan and named after it (<scan>_segmentation.nii.gz, .tif, or .png for a
+        photograph); in the home folder when the scan's folder is not the user's (the bundled sample)."""
+        layer, src = self.export_layer(), self._image_source()
+        what = "segmentation" if layer is not None and layer.name == SEGMENTATION else "labels"
+        folder = Path(src.path).parent if src is not None and src.path else Path.home()
+        if not os.access(folder, os.W_OK) or folder.resolve().is_relative_to(sample_root().resolve()):
+            folder = Path.home()
+        stem = stem_of(src.path) if src is not None and src.path else (
+            self.state.image_layer.name if self.state.image_layer is not None else "image")
+        suffix = {"nifti": ".nii.gz", "photo": ".png"}.get(src.format if src is not None else "", ".tif")
+        return folder / f"{stem}_{what}{suffix}"
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """Write the segmentation (or, before Finish, the user's labels) with the classes' names and
+        colours, on the scan's grid for a NIfTI; never over the scan itself."""
+        layer = self.export_layer()
+        if layer is None:
+            raise InputError("Nothing to export yet: choose or create a labels layer first.")
+        self.flush_writes()
+        classes = self.class_table()
+        if layer is not self.state.labels_layer:  # painted background is 0 in the segmentation
+            classes.pop(PAINTED_BACKGROUND, None)
+        return write_labels(path, np.asarray(layer.data), self._image_source(),
+                            spacing=tuple(float(s) for s in layer.scale), classes=classes)
 
     # ------------------------------------------------------------------ classes
     def class_table(self) -> dict[int, dict[str, str]]:

@@ -12,7 +12,7 @@ from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
                             QVBoxLayout, QWidget)
 
 from ..core.classes import PAINTED_BACKGROUND, UNPAINTED
-from ..core.io import InputError
+from ..core.io import LABEL_WRITE_SUFFIXES, InputError, suffix_of
 from ..core.methods import METHODS
 from ..core.trainer import TrainConfig
 from ..core.variants import parse_settings, route_settings
@@ -20,6 +20,7 @@ from .controller import LIVE_LAYERS, OVERLAYS, SessionController
 from .shortcuts import register as register_shortcuts
 
 NEW_LABELS = "(new labels layer)"
+EXPORT_FORMATS = {"nifti": "NIfTI (*.nii.gz *.nii)", "tiff": "TIFF (*.tif *.tiff)", "png": "PNG, 2D (*.png)"}
 UNPAINTED_WORDS = {"background": "background (slices painted whole)", "unknown": "unknown (paint background too)"}
 
 
@@ -291,7 +292,14 @@ class SemisegWidget(QWidget):
             "Finish: build the segmentation layer", "finish_button", self.controller.finish,
             "Your labels where you labeled, the proposal elsewhere, as a new layer; a volume is shown in 3D with "
             "each class's volume")
-        rlay.addWidget(self.finish_button)
+        erow = QHBoxLayout()
+        erow.addWidget(self.finish_button, 1)
+        self.export_button = self._button(
+            "Export…", "export_button", self._export,
+            "Write the segmentation (before Finish: your labels) to NIfTI, TIFF or, for a 2D image, PNG; "
+            "you choose the name and folder")
+        erow.addWidget(self.export_button)
+        rlay.addLayout(erow)
         mrow = QHBoxLayout()
         self.save_model_button = self._button("Save model…", "save_model_button", self._save_model,
                                               "Save the trained model into a folder")
@@ -368,6 +376,20 @@ class SemisegWidget(QWidget):
         if path:
             out = self.controller.save_model(path)
             self.controller.notify("info", f"Model saved in {out}.")
+
+    def _export(self):
+        default = self.controller.default_export_path()
+        suffixes = {"nifti": ".nii.gz", "tiff": ".tif", "png": ".png"}
+        kinds = [k for k in suffixes if k != "png" or not self.controller.is_3d]
+        kinds.sort(key=lambda k: suffixes[k] != suffix_of(default))  # the default's format first
+        chosen_filter = {EXPORT_FORMATS[k]: k for k in kinds}
+        path, chosen = QFileDialog.getSaveFileName(self, "Export the segmentation", str(default),
+                                                   ";;".join(EXPORT_FORMATS[k] for k in kinds))
+        if path:
+            if suffix_of(path) not in LABEL_WRITE_SUFFIXES:  # a bare name: the format chosen in the dialog
+                path += suffixes[chosen_filter.get(chosen, kinds[0])]
+            out = self.controller.export(path)
+            self.controller.notify("info", f"Exported {out}.")
 
     def _load_model(self):
         path = QFileDialog.getExistingDirectory(self, "Folder of a saved napari-semiseg model")
@@ -549,6 +571,7 @@ class SemisegWidget(QWidget):
         for w, action in ((self.train_button, "train"), (self.pause_button, "pause"), (self.stop_button, "stop"),
                           (self.next_uncertain_button, "next"), (self.accept_slice_button, "accept"),
                           (self.accept_next_button, "accept_next"), (self.finish_button, "finish"),
+                          (self.export_button, "export"),
                           (self.mark_labeled_button, "mark"), (self.save_model_button, "save"),
                           (self.load_model_button, "load")):
             self._able(w, why[action])

@@ -1,4 +1,4 @@
-"""npe2 writers: a Labels layer to NIfTI (on the scan's grid and affine) or TIFF."""
+"""npe2 writers: a Labels layer to NIfTI (on the scan's grid and affine), TIFF or (2D) PNG."""
 
 from __future__ import annotations
 
@@ -23,4 +23,8 @@ def write_labels_nifti(path: str, data, meta: dict) -> list[str]:
 
 
 def write_labels_tiff(path: str, data, meta: dict) -> list[str]:
+    return _write(path, data, meta)
+
+
+def write_labels_png(path: str, data, meta: dict) -> list[str]:
     return _write(path, data, meta)
