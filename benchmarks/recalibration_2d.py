@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from napari_semiseg.core.benchmark import load_cases, split_cases  # noqa: E402
-from napari_semiseg.core.inference import predict_volume  # noqa: E402
+from napari_semiseg.core.inference import Predictor, predict_volume  # noqa: E402
 from napari_semiseg.core.metrics import mean_metrics, per_class_metrics  # noqa: E402
 from napari_semiseg.core.trainer import TrainConfig, Trainer  # noqa: E402
 from napari_semiseg.core.variants import parse_variant  # noqa: E402
@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
     trainer = Trainer(train, cfg)
     last = trainer.train()
     print(f"{method}: {last.iteration} iterations in {minutes} min")
-    for which, net in (("teacher", trainer.method.predictor()), ("student", trainer.method.student)):
+    for which, net in (("teacher", trainer.method.predictor()), ("student", Predictor(trainer.method.student))):
         for recalibrate in (False, True):
             scores = []
             for c in test:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .inference import predict_volume
+from .inference import Predictor, predict_volume
 from .interpolation import interpolate_labels
 from .io import (NIFTI_SUFFIXES, PHOTO_SUFFIXES, READ_SUFFIXES, TIFF_SUFFIXES, InputError, read_h5, read_image,
                  read_labels, read_ssl4mis_split, stem_of, suffix_of)
@@ -151,7 +151,7 @@ def run_session(case: Case, methods: list[str], *, k: int = 3, axis: int = 0, se
                 added = True
         labeled = sorted(vol.labeled)
         teacher = report.prediction[0].labels
-        student = predict_volume(trainer.method.student, vol, trainer.spec, trainer.runtime).labels
+        student = predict_volume(Predictor(trainer.method.student), vol, trainer.spec, trainer.runtime).labels
         result.methods[name] = {
             "dice": unlabeled_dice(teacher, case.labels, labeled, axis, classes),
             "student_dice": unlabeled_dice(student, case.labels, labeled, axis, classes),
@@ -379,7 +379,7 @@ def run_dataset_volumes(train: list[Volume], test: list[Case], methods: list[str
         trainer = Trainer(train, cfg)
         last = trainer.train(progress_bar=progress is not None)
         per_net = {}
-        for which, net in (("teacher", trainer.method.predictor()), ("student", trainer.method.student)):
+        for which, net in (("teacher", trainer.method.predictor()), ("student", Predictor(trainer.method.student))):
             per_volume = {}
             for c in test:
                 v = Volume(c.image, None, set(), axis=axis if c.image.ndim - c.channels == 3 else 0,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,6 +20,26 @@ from torch import nn
 
 from .losses import pixel_uncertainty
 from .volume import Volume
+
+
+class PredictorOutput(NamedTuple):
+    """What a method's predictor returns: logits (N, C, H, W) and, for a method that predicts with two
+    views or branches, the (N, H, W) map of pixels where they disagree (None otherwise, and while
+    batch-norm statistics are re-estimated in training mode)."""
+
+    logits: torch.Tensor
+    disagreement: torch.Tensor | None = None
+
+
+class Predictor(nn.Module):
+    """A plain network as a predictor: its logits, no disagreement."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> PredictorOutput:
+        return PredictorOutput(self.net(x))
 
 
 @dataclass(frozen=True)
@@ -156,16 +177,15 @@ def prepare(net: nn.Module, volume: Volume, spec: InputSpec, runtime: Runtime, r
 
 
 def _probabilities(net: nn.Module, runtime: Runtime):
-    """The window function: softmax probabilities (and the predictor's extra uncertainty map, if any)."""
+    """The window function of a predictor (see PredictorOutput): softmax probabilities, with the
+    disagreement map as a second output where there is one (the sliding window stitches both)."""
     def run(x: torch.Tensor):
         if runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_for(runtime.device, runtime.precision):
             out = net(x)
-        # a predictor may return (logits, extra uncertainty map) - see Method.uncertainty
-        logits, extra = out if isinstance(out, tuple) else (out, None)
-        probs = torch.softmax(logits.float(), 1)
-        return probs if extra is None else (probs, extra.float()[:, None])
+        probs = torch.softmax(out.logits.float(), 1)
+        return probs if out.disagreement is None else (probs, out.disagreement.float()[:, None])
     return run
 
 

@@ -26,6 +26,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from ..inference import PredictorOutput
 from ..losses import normalised_entropy, sigmoid_rampup, supervised_loss
 from ..networks import UNet2D
 from .base import Batch, Method, MethodSettings, TrainState
@@ -113,8 +114,8 @@ class BranchEnsemble(nn.Module):
         p2 = torch.softmax(self.second(x).float(), 1)
         log_mean = torch.log((0.5 * (p1 + p2)).clamp_min(1e-8))
         if self.training:
-            return log_mean
-        return log_mean, (p1.argmax(1) != p2.argmax(1)).float()
+            return PredictorOutput(log_mean)
+        return PredictorOutput(log_mean, (p1.argmax(1) != p2.argmax(1)).float())
 
 
 def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..inference import Predictor
 from ..losses import pixel_uncertainty
 from ..networks import UNet2D
 
@@ -106,15 +107,22 @@ class Method(nn.Module):
         return True
 
     def training_step(self, batch: Batch, state: TrainState) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The step's losses ("loss" is optimised; the others are reported)."""
+        return self.step_with_features(batch, state)[0]
+
+    def step_with_features(self, batch: Batch, state: TrainState) -> tuple[dict[str, torch.Tensor], StepFeatures]:
+        """The step's losses and the decoder features a loss acting on this method's features needs
+        (TransMedSeg wraps the methods that give them)."""
+        raise NotImplementedError(f"{self.name} does not give its features")
 
     @torch.no_grad()
     def after_step(self, state: TrainState) -> None:
         pass
 
     def predictor(self) -> nn.Module:
-        """The network whose predictions the user sees (the EMA teacher where there is one)."""
-        return self.student
+        """The network whose predictions the user sees (the EMA teacher where there is one), returning
+        a PredictorOutput."""
+        return Predictor(self.student)
 
     def uncertainty(self, probs: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Per-pixel uncertainty in [0, 1] from the predictor's probabilities (N, C, H, W).
@@ -127,12 +135,15 @@ class Method(nn.Module):
     def bind_labeled_bank(self, bank) -> None:
         """Called with the sampler whenever the labeled set changes (methods that need the labeled images)."""
 
-    # ---- feature capture, for losses that act on another method's features (TransMedSeg)
-    capture: dict | None = None
 
-    def _record(self, key: str, **tensors) -> None:
-        if self.capture is not None:
-            self.capture[key] = tensors
+
+@dataclass
+class StepFeatures:
+    """Decoder features of one training step. ``source``: labeled pixels (``features``, ``labels``,
+    ``mask`` of the known ones); ``target``: unlabeled pixels (``features``, the teacher's ``probs``)."""
+
+    source: dict[str, torch.Tensor] | None = None
+    target: dict[str, torch.Tensor] | None = None
 
 
 class TeacherMixin:
@@ -169,16 +180,6 @@ def check_choice(setting: str, value, choices) -> None:
 def noisy(x: torch.Tensor, std: float, clip: float) -> torch.Tensor:
     """x + clamp(N(0, std^2), -clip, clip): the teacher's noisy view."""
     return x + torch.clamp(torch.randn_like(x) * std, -clip, clip)
-
-
-def two_stream_forward(net: nn.Module, batch: Batch) -> torch.Tensor:
-    """Logits of the labeled then the unlabeled stream, each through its own forward pass.
-
-    One forward over the concatenated batch lets batch-norm statistics tell the few labeled slices
-    apart from the rest; on hippocampus with 3 labeled slices that alone dropped the unlabeled-slice
-    Dice from 0.70 to 0.23 at 400 iterations. Separate passes keep each stream's statistics its own.
-    """
-    return torch.cat([net(batch.x_l), net(batch.x_u)])
 
 
 @torch.no_grad()

@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..inference import Predictor
 from ..losses import masked_cross_entropy, one_hot, soft_dice_loss, soft_segmentation_loss, split_known
 from ..mixing import BLENDS, box_mask, largest_component_per_class, soft_alpha
-from .base import Batch, Method, MethodSettings, TeacherMixin, TrainState, check_choice, running_stats_frozen
+from .base import (Batch, Method, MethodSettings, StepFeatures, TeacherMixin, TrainState, check_choice,
+                   running_stats_frozen)
 
 SA_MODES = ("feature", "paper_code", "off")
 
@@ -115,7 +117,7 @@ class BCP(TeacherMixin, Method):
         self.generator = torch.Generator()
 
     def predictor(self):
-        return self.teacher
+        return Predictor(self.teacher)
 
     def in_pretraining(self, state: TrainState) -> bool:
         if bool(self.self_training):
@@ -153,7 +155,7 @@ class BCP(TeacherMixin, Method):
         return [paste(ua, xa, alpha, pa, ya, s.u_weight, 1.0, trusted_a=False),  # "inward": labeled box
                 paste(xb, ub, alpha, yb, pb, 1.0, s.u_weight, trusted_b=False)]  # "outward": unlabeled box
 
-    def training_step(self, batch: Batch, state: TrainState):
+    def step_with_features(self, batch: Batch, state: TrainState):
         pretraining = self.in_pretraining(state)
         if not pretraining and not bool(self.self_training):
             # BCP starts the self-training teacher (and student) from the pre-trained network
@@ -167,12 +169,11 @@ class BCP(TeacherMixin, Method):
             losses.append(self._mix_loss(logits[start:start + len(m.x)], m))
             start += len(m.x)
         seg = sum(losses)
-        if self.capture is not None:
-            self._record("source", features=feats["decoder"], labels=torch.cat([m.hard_labels() for m in mixes]),
-                         mask=torch.cat([m.trusted() for m in mixes]))
+        features = StepFeatures(source={"features": feats["decoder"], "mask": torch.cat([m.trusted() for m in mixes]),
+                                        "labels": torch.cat([m.hard_labels() for m in mixes])})
         out = {"loss": seg, "mix": seg.detach(), "pretraining": torch.tensor(float(pretraining))}
         out.update(self.extra_losses(batch, state, pretraining, out))
-        return out
+        return out, features
 
     def extra_losses(self, batch: Batch, state: TrainState, pretraining: bool, out: dict) -> dict:
         return {}

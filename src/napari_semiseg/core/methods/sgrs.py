@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..inference import PredictorOutput
 from ..losses import normalised_entropy, one_hot, sigmoid_rampup, soft_dice_loss, split_known, supervised_loss
-from .base import Batch, Method, MethodSettings, TeacherMixin, TrainState, check_choice, noisy
+from .base import Batch, Method, MethodSettings, StepFeatures, TeacherMixin, TrainState, check_choice, noisy
 
 INCONSISTENT_RULES = ("soft", "hard", "exclude")
 
@@ -105,11 +106,11 @@ class ViewDisagreement(nn.Module):
     def forward(self, x):
         logits = self.net(x)
         if self.training:  # batch-norm recalibration: the clean view only
-            return logits
+            return PredictorOutput(logits)
         g = torch.Generator(device=x.device).manual_seed(0)
         noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype) * self.noise_std
         logits_n = self.net(x + noise.clamp(-self.noise_clip, self.noise_clip))
-        return logits, (logits.argmax(1) != logits_n.argmax(1)).float()
+        return PredictorOutput(logits, (logits.argmax(1) != logits_n.argmax(1)).float())
 
 
 class SGRSNet(TeacherMixin, Method):
@@ -133,7 +134,7 @@ class SGRSNet(TeacherMixin, Method):
         partner = noisy(x_l, s.noise_std, s.noise_clip)[torch.randint(0, x_l.shape[0], (x_u.shape[0],))]
         return lam * x_u + (1 - lam) * partner
 
-    def training_step(self, batch: Batch, state: TrainState):
+    def step_with_features(self, batch: Batch, state: TrainState):
         s = self.settings
         x_n = noisy(batch.x_u, s.noise_std, s.noise_clip)
         with torch.no_grad():
@@ -150,13 +151,12 @@ class SGRSNet(TeacherMixin, Method):
         parts = region_losses([lu, lm], pseudo, regions, s)
         pseudo_loss = 0.5 * (parts["ce"] + parts["dice"])
         w = s.pseudo_weight * sigmoid_rampup(state.ramp(s.rampup_fraction, s.rampup_iterations), 1.0)
-        if self.capture is not None:
-            known_labels, known = split_known(batch.y_l)
-            self._record("source", features=feats_l["decoder"], labels=known_labels, mask=known)
-            self._record("target", features=feats_t["decoder"], probs=torch.softmax(logits_t.float(), 1))
+        known_labels, known = split_known(batch.y_l)
+        features = StepFeatures(source={"features": feats_l["decoder"], "labels": known_labels, "mask": known},
+                                target={"features": feats_t["decoder"], "probs": torch.softmax(logits_t.float(), 1)})
         return {"loss": sup + w * pseudo_loss, "supervised": sup.detach(), "pseudo": pseudo_loss.detach(),
                 "consistent_fraction": regions.consistent.float().mean(),
-                "uncertain_fraction": regions.uncertain.float().mean(), "pseudo_weight": torch.tensor(w)}
+                "uncertain_fraction": regions.uncertain.float().mean(), "pseudo_weight": torch.tensor(w)}, features
 
     @torch.no_grad()
     def after_step(self, state: TrainState):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Batch, Method, MethodSettings, TrainState, check_choice
+from .base import Batch, Method, MethodSettings, StepFeatures, TrainState, check_choice
 
 DIRECTIONS = ("student-to-teacher", "teacher-to-student")
 BASES = ("mean-teacher", "bcp")
@@ -144,30 +144,30 @@ class TransMedSeg(Method):
     def bind_labeled_bank(self, bank) -> None:
         self.base.bind_labeled_bank(bank)
 
-    def _update_memory(self, captured: dict) -> None:
+    def _update_memory(self, features: StepFeatures) -> None:
         s = self.settings
-        src = captured.get("source")
+        src = features.source
         if src is not None:
             idx = _pixels(src["features"], src["mask"], s.pixels_per_class * self.n_classes)
             self.source_stats.update(_flat(src["features"].detach())[idx], src["labels"].reshape(-1)[idx])
-        tgt = captured.get("target")
+        tgt = features.target
         if tgt is not None:
             conf, pseudo = tgt["probs"].max(1)
             idx = _pixels(tgt["features"], conf >= s.confidence, s.pixels_per_class * self.n_classes)
             self.target_stats.update(_flat(tgt["features"].detach())[idx], pseudo.reshape(-1)[idx])
 
-    def tsa_loss(self, captured: dict, strength: float) -> torch.Tensor | None:
+    def tsa_loss(self, features: StepFeatures, strength: float) -> torch.Tensor | None:
         s = self.settings
         head = self.student.head
         weight = head.weight.flatten(1).float()
         if s.direction == "student-to-teacher":
-            src = captured.get("source")
+            src = features.source
             if src is None:
                 return None
             feats, labels, keep = src["features"], src["labels"], src["mask"]
             aug_to, aug_from = self.target_stats, self.source_stats
         else:
-            tgt = captured.get("target")
+            tgt = features.target
             if tgt is None:
                 return None
             conf, labels = tgt["probs"].max(1)
@@ -184,15 +184,10 @@ class TransMedSeg(Method):
 
     def training_step(self, batch: Batch, state: TrainState):
         s = self.settings
-        self.base.capture = {}
-        try:
-            out = self.base.training_step(batch, state)
-            captured = self.base.capture
-        finally:
-            self.base.capture = None
-        self._update_memory(captured)
+        out, features = self.base.step_with_features(batch, state)
+        self._update_memory(features)
         strength = s.strength * state.ramp(1.0, s.rampup_iterations)
-        tsa = self.tsa_loss(captured, strength)
+        tsa = self.tsa_loss(features, strength)
         if tsa is not None and s.tsa_weight > 0:
             out["loss"] = out["loss"] + s.tsa_weight * tsa
             out["tsa"] = tsa.detach()
