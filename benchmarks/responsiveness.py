@@ -4,7 +4,7 @@ A 10 ms QTimer heartbeat runs during training; every gap above 10 ms is a stall 
 Prints p50 / p99 / max gap and the time from pressing Train to the first pseudo-label refresh.
 Run under a display (xvfb-run -a on a headless machine):
 
-    xvfb-run -a .venv/bin/python benchmarks/responsiveness.py [--seconds 30] [--ct]
+    xvfb-run -a .venv/bin/python benchmarks/responsiveness.py [--seconds 30] [--ct] [--place process|thread]
 
 ``--ct`` uses a synthetic 512x512x300 float32 CT-like volume (315 MB) instead of the sample, and also
 reports when every slice had been refreshed once (the live sweep) and the first refresh of the
@@ -24,6 +24,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--ct", action="store_true", help="a synthetic 512x512x300 CT-like volume instead of the sample")
+    ap.add_argument("--place", choices=("process", "thread"), default="process", help="where the trainer runs")
     args = ap.parse_args()
     import napari
     from qtpy.QtCore import QTimer
@@ -61,6 +62,7 @@ def main():
     viewer.dims.set_point(axis, 120 if args.ct else 17)
     app = QApplication.instance()
     c = widget.controller
+    c.training_place = args.place
 
     gaps, last, big = [], [None], []
     first_refresh, swept = [None], [None]
@@ -97,7 +99,9 @@ def main():
     timer.stop()
     g = np.array(gaps)
     stall = g - 10.0
-    print(f"cores {os.cpu_count()}, training threads {c.trainer.config.threads}, "
+    from napari_semiseg.napari.controller import gui_thread_count
+
+    print(f"cores {os.cpu_count()}, trainer in a {args.place}, training threads {gui_thread_count()}, "
           f"{c.state.last_report.iteration} iterations in {args.seconds:.0f} s")
     print(f"heartbeat gaps (ms): p50 {np.percentile(g, 50):.1f}, p99 {np.percentile(g, 99):.1f}, max {g.max():.1f} "
           f"(stall beyond the 10 ms tick: p99 {np.percentile(stall, 99):.1f}, max {stall.max():.1f})")

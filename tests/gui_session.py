@@ -28,6 +28,13 @@ def click(widget, name):
     widget.findChild(QPushButton, name).click()
 
 
+def in_thread(widget):
+    """Train in the viewer's own process (Advanced > Train in), for tests that read the trainer's state
+    in place or patch it; the others train in the default child process."""
+    widget.place_combo.setCurrentText("thread")
+    assert widget.controller.training_place == "thread"
+
+
 def paint_reference(labels_layer, slices=PAINTED):
     """Write the sample's reference labels of ``slices`` (along AXIS) into the layer, one undo step each."""
     ref = read_labels(sample_labels()).data

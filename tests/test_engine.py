@@ -342,7 +342,7 @@ def test_a_session_run_to_the_end_says_where_it_trains_and_predicts():
 
     session = LocalSession([tiny_volume()], fast_config(iterations=3))
     about = session.build()
-    assert about == {"device": "cpu", "precision": session.trainer.precision}
+    assert about == {"device": "cpu", "precision": session.trainer.precision, "iteration": 0}
     last = session.run()
     assert last.finished and session.iteration == 3
     assert session.predict()[0].labels.shape == tiny_volume().spatial_shape

@@ -9,7 +9,7 @@ import torch
 from qtpy.QtWidgets import QPushButton
 
 from conftest import autosave_root
-from gui_session import AXIS, PAINTED, WIDGET, click, notifications, paint_reference
+from gui_session import AXIS, PAINTED, WIDGET, click, in_thread, notifications, paint_reference
 from napari_semiseg.core.io import read_labels
 from napari_semiseg.napari.controller import PSEUDO, SEGMENTATION, UNCERTAINTY
 from napari_semiseg.samples import sample_image
@@ -48,7 +48,6 @@ def test_full_loop_train_review_accept_finish_export(session, qtbot, tmp_path):
     assert set(changed.tolist()) <= {here}
     np.testing.assert_array_equal(labels.data[:, :, here], viewer.layers[PSEUDO].data[:, :, here])
     assert c.labeled_slices() == set(PAINTED) | {here}
-    qtbot.waitUntil(lambda: c.session.trainer.sampler.n_labeled == 4, timeout=30000)
     labels.undo()  # one undo step takes the whole accepted slice back
     np.testing.assert_array_equal(labels.data, before)
     labels.redo()
@@ -95,6 +94,7 @@ def test_mark_empty_slice_counts_as_labeled_and_unmarks(session):
 
 def test_worker_failure_becomes_a_notification_and_leaves_labels_alone(session, qtbot, monkeypatch):
     viewer, widget = session
+    in_thread(widget)  # the failure is injected into this process's trainer
     labels = viewer.layers["annotations"]
     paint_reference(labels)
     before = np.array(labels.data, copy=True)
@@ -253,6 +253,7 @@ def test_a_training_failure_keeps_the_last_checkpoint_and_train_resumes_from_it(
     from napari_semiseg.core.trainer import TrainConfig
 
     viewer, widget = session
+    in_thread(widget)  # the failure is injected into this process's trainer
     c = widget.controller
     labels = viewer.layers["annotations"]
     paint_reference(labels)
@@ -280,7 +281,37 @@ def test_a_training_failure_keeps_the_last_checkpoint_and_train_resumes_from_it(
     fail["now"] = False
     click(widget, "train_button")  # resumes from the checkpoint, not from scratch
     qtbot.waitUntil(lambda: c.session is not None and c.session.has_model, timeout=30000)
-    assert c.session.trainer.iteration >= kept
+    assert c.session.iteration >= kept
+    click(widget, "stop_button")
+    qtbot.waitUntil(lambda: not c.running, timeout=60000)
+
+
+def test_a_killed_training_process_leaves_the_viewer_and_labels_and_train_resumes(session, qtbot):
+    import os
+    import signal
+
+    from napari_semiseg.core.trainer import TrainConfig
+
+    viewer, widget = session
+    c = widget.controller
+    assert c.training_place == "process"  # the viewer's default
+    labels = viewer.layers["annotations"]
+    paint_reference(labels)
+    before = np.array(labels.data, copy=True)
+    c.start(TrainConfig(batch_size=4, labeled_batch=2, checkpoint_seconds=0.3, refresh_seconds=1))
+    qtbot.waitUntil(lambda: c.state.checkpoint_iteration is not None and c.state.slice_scores is not None,
+                    timeout=60000)
+    os.kill(c.session.process.pid, signal.SIGKILL)  # what the out-of-memory killer does
+    qtbot.waitUntil(lambda: not c.running, timeout=30000)
+    error = _errors()[-1]
+    kept = c.state.checkpoint_iteration
+    assert "killed by SIGKILL" in error and f"The last checkpoint (iteration {kept}) is kept" in error
+    assert "labels are untouched" in error and error in widget.message_label.text()
+    np.testing.assert_array_equal(labels.data, before)
+    assert viewer.layers[PSEUDO].data.any()  # the last pseudo-labels stay on screen
+    click(widget, "train_button")  # a new process, resuming from the checkpoint
+    qtbot.waitUntil(lambda: c.session is not None and c.session.has_model, timeout=60000)
+    assert c.session.iteration >= kept
     click(widget, "stop_button")
     qtbot.waitUntil(lambda: not c.running, timeout=60000)
 
@@ -324,12 +355,13 @@ def test_closing_the_viewer_mid_training_then_reopening_brings_back_labels_and_m
     widget2.labeled_batch_spin.setValue(2)
     click(widget2, "train_button")
     qtbot.waitUntil(lambda: c2.session is not None and c2.session.has_model, timeout=30000)
-    assert c2.session.trainer.iteration >= iteration  # the autosaved model continues
+    assert c2.session.iteration >= iteration  # the autosaved model continues
     c2.shutdown()
 
 
 def test_live_refresh_follows_the_slice_on_screen_and_next_uncertain_uses_the_latest_scores(session, qtbot):
     viewer, widget = session
+    in_thread(widget)  # the test reads the trainer's focus
     c = widget.controller
     paint_reference(viewer.layers["annotations"])
     c.go_to_slice(30)

@@ -7,13 +7,14 @@ import numpy as np
 
 from canvas import brush_stroke, paint_stroke
 from napari_semiseg.napari.controller import PSEUDO, TILE
-from gui_session import AXIS, PAINTED, click, notifications, paint_reference
+from gui_session import AXIS, PAINTED, click, in_thread, notifications, paint_reference
 
 def _warnings():
     return notifications("warning")
 
 
 def _start(viewer, widget, qtbot):
+    in_thread(widget)  # these tests read what the trainer holds
     widget.axis_spin.setValue(AXIS)
     viewer.reset_view()
     paint_reference(viewer.layers["annotations"])
@@ -136,6 +137,7 @@ def test_a_partly_painted_photo_teaches_only_what_was_painted_and_is_accepted_a_
     viewer.window._qt_window.resize(1000, 800)
     viewer.add_image(image, name="photo")
     _, widget = viewer.window.add_plugin_dock_widget("napari-semiseg", WIDGET)
+    in_thread(widget)
     c = widget.controller
     widget.refresh_spin.setValue(1)
     widget.labels_combo.activated.emit(widget.labels_combo.findText("(new labels layer)"))

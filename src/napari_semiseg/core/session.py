@@ -38,7 +38,7 @@ class LocalSession:
     # ---- the run
     def build(self) -> dict:
         """Build the trainer now, in this thread (:meth:`reports` does it otherwise), and say where
-        and how it trains: ``{"device": "cpu", "precision": "bf16"}``."""
+        and how it trains, and from which iteration: ``{"device": "cpu", "precision": "bf16", "iteration": 0}``."""
         with self._lock:
             built = self.trainer is not None
         if not built:
@@ -56,7 +56,8 @@ class LocalSession:
                     trainer.pause()
                 if self._stopped:
                     trainer.stop()
-        return {"device": self.trainer.device.type, "precision": self.trainer.precision}
+        return {"device": self.trainer.device.type, "precision": self.trainer.precision,
+                "iteration": self.trainer.iteration}
 
     def reports(self) -> Iterator[Report]:
         """Train, yielding reports, until the budget is spent or :meth:`stop`."""

@@ -25,6 +25,7 @@ from ..core.classes import (CLASSES_KEY, PAINTED_BACKGROUND, PAINTED_BACKGROUND_
                             default_class, engine_labels)
 from ..core.errors import InputError, is_out_of_memory, out_of_memory_message
 from ..core.proposal import propose_slice, propose_tile
+from ..core.process_session import ProcessSession
 from ..core.session import LocalSession
 from ..core.trainer import LabelUpdate, Report, TrainConfig
 from ..core.io import SourceInfo, stem_of, write_labels
@@ -40,6 +41,9 @@ SURFACE = "segmentation surface"
 TILE = "proposed tile"
 LIVE_LAYERS = (PSEUDO, UNCERTAINTY, SEGMENTATION, SURFACE, TILE)
 OVERLAYS = ("pseudo-labels", "uncertainty", "none")  # what lies over the scan while training
+# Where the trainer runs: a child process (a crash or an out-of-memory kill there leaves the viewer
+# and the labels alone), or a thread of the viewer's process (the trainer can be inspected in place).
+TRAINING_PLACES = ("process", "thread")
 
 
 TRAINING_GC_THRESHOLDS = (20000, 50, 50)  # Python's defaults are (700, 10, 10)
@@ -85,7 +89,8 @@ class SessionController:
     def __init__(self, viewer, on_change=None):
         self.viewer = viewer
         self.state = SessionState()
-        self.session: LocalSession | None = None  # the only way to the training run
+        self.session: LocalSession | ProcessSession | None = None  # the only way to the training run
+        self.training_place = TRAINING_PLACES[0]
         self.worker = None
         self.on_change = on_change or (lambda: None)
         self.uncertainty_threshold = 0.5
@@ -452,16 +457,27 @@ class SessionController:
         # errors are ours to report (a notification), not to re-raise in the event loop
         self.state.resume_next = False
         focus = snapshot.pop("focus")
-        # the volume's intensity statistics are computed in the worker thread, not in this click
-        self.session = LocalSession(lambda: [Volume(**snapshot)], config, resume_from=resume_from,
-                                    out_dir=out_dir, focus=(0, focus))
+        self._close_session()
+        # the volume's intensity statistics are computed in the worker thread (or the child), not in this click
+        if self.training_place == "process":
+            self.session = ProcessSession(lambda: [snapshot], config, resume_from=resume_from, out_dir=out_dir,
+                                          focus=(0, focus))
+        else:
+            self.session = LocalSession(lambda: [Volume(**snapshot)], config, resume_from=resume_from,
+                                        out_dir=out_dir, focus=(0, focus))
         self.worker = create_worker(self._run_session, self.session,
                                     _connect={"yielded": self._on_report, "errored": self._on_error,
                                               "finished": self._on_finished},
                                     _start_thread=True)
         self.on_change()
 
-    def _run_session(self, session: LocalSession):
+    def _close_session(self) -> None:
+        """A child process kept after its run (for Save model) ends when the next run starts."""
+        if isinstance(self.session, ProcessSession):
+            self.session.close()
+        self.session = None
+
+    def _run_session(self, session: LocalSession | ProcessSession):
         """The session's reports, in the worker thread (where its trainer is built).
 
         Errors are re-raised as :class:`TrainingFailed`: superqt's worker takes any RuntimeError
@@ -1002,6 +1018,7 @@ class SessionController:
             self.stop()  # the generator ends its loop, saves the model and returns
             self._done.wait(timeout=120)
             self._cleanup_worker()
+        self._close_session()
 
 
 def uncertainty_colormap(threshold: float = 0.5):

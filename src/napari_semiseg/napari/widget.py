@@ -16,7 +16,7 @@ from ..core.io import LABEL_WRITE_SUFFIXES, InputError, suffix_of
 from ..core.methods import METHODS
 from ..core.trainer import TrainConfig
 from ..core.variants import parse_settings, route_settings
-from .controller import LIVE_LAYERS, OVERLAYS, SessionController
+from .controller import LIVE_LAYERS, OVERLAYS, TRAINING_PLACES, SessionController
 from .shortcuts import register as register_shortcuts
 
 NEW_LABELS = "(new labels layer)"
@@ -223,13 +223,18 @@ class SemisegWidget(QWidget):
         self.unlabeled_source_combo = tip(QComboBox(objectName="unlabeled_source_combo"),
                                           "Unlabeled patches from this image (real), the folder (extra), or both")
         self.unlabeled_source_combo.addItems(["real", "extra", "both"])
+        self.place_combo = tip(QComboBox(objectName="place_combo"),
+                               "process: training in a separate process, so that a crash or running out of memory "
+                               "there leaves the viewer and your labels alone; thread: in napari's own process")
+        self.place_combo.addItems(list(TRAINING_PLACES))
+        self.place_combo.currentTextChanged.connect(lambda text: setattr(self.controller, "training_place", text))
         for label, w in (("Batch size", self.batch_spin), ("Labeled per batch", self.labeled_batch_spin),
                          ("Patch size", self.patch_spin), ("Working scale", self.scale_spin),
                          ("Context slices", self.context_spin),
                          ("Refresh every (s)", self.refresh_spin), ("Learning rate", self.lr_spin),
                          ("Seed", self.seed_spin), ("Method settings", self.method_settings_edit),
                          ("Unlabeled folder", self.unlabeled_dir_edit),
-                         ("Unlabeled images from", self.unlabeled_source_combo)):
+                         ("Unlabeled images from", self.unlabeled_source_combo), ("Train in", self.place_combo)):
             aform.addRow(label, w)
         self.advanced.toggled.connect(lambda on: [aform.itemAt(i).widget().setVisible(on)
                                                   for i in range(aform.count()) if aform.itemAt(i).widget()])
