@@ -54,13 +54,19 @@ def main():
     _, widget = viewer.window.add_plugin_dock_widget("napari-semiseg", "Semi-supervised segmentation")
     widget.axis_spin.setValue(axis)
     labels = viewer.layers["annotations"]
-    for i in painted:
+    for i in painted:  # through the layer's history, as a brush does: the widget hears of it
         idx = [slice(None)] * 3
         idx[axis] = i
-        labels.data[tuple(idx)] = ref[tuple(idx)]
-    labels.refresh()
+        where = np.nonzero(ref[tuple(idx)])
+        full = list(where)
+        full.insert(axis, np.full(where[0].shape, i))
+        labels.data_setitem(tuple(full), ref[tuple(idx)][where])
     viewer.dims.set_point(axis, 120 if args.ct else 17)
     app = QApplication.instance()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 0.5:  # the widget enables Train a moment after an edit
+        app.processEvents()
+        time.sleep(0.01)
     c = widget.controller
     c.training_place = args.place
 

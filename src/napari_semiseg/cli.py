@@ -76,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--uncertainty", metavar="MAP", help="also write the uncertainty map (.nii.gz or .tif, float32)")
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
+    sv = sub.add_parser("serve", help="run a training server (on a machine with a GPU) for the widget to connect to")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    sv.add_argument("--port", type=int, default=8765)
+    sv.add_argument("--token", action="append", metavar="T",
+                    help="a client's token (repeat for several clients, each seeing only its own sessions); "
+                         "default: one generated and printed")
+    sv.add_argument("--max-upload-mb", type=POSITIVE, default=2048.0, help="largest image or message accepted")
+    sv.add_argument("--ssl-certfile", help="serve HTTPS/WSS with this certificate (with --ssl-keyfile)")
+    sv.add_argument("--ssl-keyfile")
+
     ev = sub.add_parser("evaluate", help="per-class Dice, Jaccard, HD95 and ASD of a prediction against a reference")
     ev.add_argument("pred", help="predicted label map (NIfTI or TIFF)")
     ev.add_argument("ref", help="reference label map (NIfTI or TIFF)")
@@ -168,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return 0
     command = {"demo": cmd_demo, "evaluate": cmd_evaluate, "train": cmd_train, "predict": cmd_predict,
-               "benchmark": cmd_benchmark}[args.command]
+               "benchmark": cmd_benchmark, "serve": cmd_serve}[args.command]
     try:
         with _terminate_as_interrupt():
             return command(args)
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("interrupted", 130)
     except Exception as err:  # noqa: BLE001 - the user gets one sentence, never a traceback
         if is_out_of_memory(err):
-            doing = {"train": "training", "predict": "predicting", "benchmark": "benchmarking",
+            doing = {"train": "training", "predict": "predicting", "benchmark": "benchmarking", "serve": "serving",
                      "evaluate": "evaluating", "demo": "running the demo"}[args.command]
             return _fail(out_of_memory_message(doing), 3)
         if os.environ.get("NAPARI_SEMISEG_DEBUG"):
@@ -188,6 +198,19 @@ def main(argv: list[str] | None = None) -> int:
         first = (str(err).strip().splitlines() or [""])[0]
         return _fail(f"internal error ({type(err).__name__}: {first}). This is a bug in napari-semiseg: please "
                      "report it; NAPARI_SEMISEG_DEBUG=1 shows the details.", 1)
+
+
+def cmd_serve(args) -> int:
+    from .core.server import serve
+
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise InputError("--ssl-certfile and --ssl-keyfile go together.")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.ssl_certfile:
+        print("napari-semiseg: warning: listening beyond this machine without TLS: the token and the images "
+              "cross the network in clear (see the README: put TLS in front).", file=sys.stderr)
+    serve(args.host, args.port, args.token, max_upload_mb=args.max_upload_mb, ssl_certfile=args.ssl_certfile,
+          ssl_keyfile=args.ssl_keyfile, announce=lambda line: print(line, flush=True))
+    return 0
 
 
 def _fail(message: str, code: int) -> int:

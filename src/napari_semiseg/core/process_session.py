@@ -175,6 +175,7 @@ class ProcessSession:
         self._replies: queue.Queue = queue.Queue()
         self._paused = False
         self._built: dict | None = None
+        self._closed = False
         self.iteration = 0
         self.process = None
         self.channel: Channel | None = None
@@ -189,10 +190,10 @@ class ProcessSession:
         args = [dict(a, image=np.asarray(a["image"])) for a in (volumes() if callable(volumes) else volumes)]
         ctx = mp.get_context("spawn")
         ours, theirs = ctx.Pipe()
-        self.process = ctx.Process(target=_child_main, args=(theirs,), name="semiseg-training", daemon=True)
-        self.process.start()
+        process = ctx.Process(target=_child_main, args=(theirs,), name="semiseg-training", daemon=True)
+        process.start()
         theirs.close()
-        self.channel = Channel(ours)
+        self.process, self.channel = process, Channel(ours)
         self.channel.send({"volumes": args, "config": config, "resume_from": resume_from,
                            "out_dir": None if out_dir is None else str(out_dir), "focus": focus})
         threading.Thread(target=self._read, name="semiseg-reader", daemon=True).start()
@@ -200,6 +201,8 @@ class ProcessSession:
             for command in self._early:
                 self.channel.send(command)
             self._early.clear()
+        if self._closed:  # closed while it was starting
+            self.close()
         kind, *rest = self._reports.get()
         if kind != "built":
             self._raise(kind, rest)
@@ -310,6 +313,7 @@ class ProcessSession:
 
     def close(self, timeout: float = 30.0) -> None:
         """End the child (after its run has saved its model); killed if it does not end in ``timeout``."""
+        self._closed = True
         if self.process is None:
             return
         self._command("close")

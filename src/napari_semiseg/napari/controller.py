@@ -26,6 +26,7 @@ from ..core.classes import (CLASSES_KEY, PAINTED_BACKGROUND, PAINTED_BACKGROUND_
 from ..core.errors import InputError, is_out_of_memory, out_of_memory_message
 from ..core.proposal import propose_slice, propose_tile
 from ..core.process_session import ProcessSession
+from ..core.remote_session import RemoteSession
 from ..core.session import LocalSession
 from ..core.trainer import LabelUpdate, Report, TrainConfig
 from ..core.io import SourceInfo, stem_of, write_labels
@@ -42,8 +43,9 @@ TILE = "proposed tile"
 LIVE_LAYERS = (PSEUDO, UNCERTAINTY, SEGMENTATION, SURFACE, TILE)
 OVERLAYS = ("pseudo-labels", "uncertainty", "none")  # what lies over the scan while training
 # Where the trainer runs: a child process (a crash or an out-of-memory kill there leaves the viewer
-# and the labels alone), or a thread of the viewer's process (the trainer can be inspected in place).
-TRAINING_PLACES = ("process", "thread")
+# and the labels alone), a thread of the viewer's process (the trainer can be inspected in place), or
+# a training server (`napari-semiseg serve`, e.g. on a machine with a GPU).
+TRAINING_PLACES = ("process", "thread", "server")
 
 
 TRAINING_GC_THRESHOLDS = (20000, 50, 50)  # Python's defaults are (700, 10, 10)
@@ -91,6 +93,7 @@ class SessionController:
         self.state = SessionState()
         self.session: LocalSession | ProcessSession | None = None  # the only way to the training run
         self.training_place = TRAINING_PLACES[0]
+        self.server_url, self.server_token = "", ""
         self.worker = None
         self.on_change = on_change or (lambda: None)
         self.uncertainty_threshold = 0.5
@@ -417,6 +420,9 @@ class SessionController:
             resume_from = self.state.model_dir
         if self.running:
             raise InputError("Training is already running.")
+        if self.training_place == "server" and not (self.server_url.strip() and self.server_token.strip()):
+            raise InputError("Give the training server's URL and token (Advanced), as `napari-semiseg serve` "
+                             "printed them.")
         config.check()  # a wrong setting is one sentence now, not a failure in the training thread
         if self.state.image_layer is None:
             raise InputError("Choose an image layer first.")
@@ -459,7 +465,10 @@ class SessionController:
         focus = snapshot.pop("focus")
         self._close_session()
         # the volume's intensity statistics are computed in the worker thread (or the child), not in this click
-        if self.training_place == "process":
+        if self.training_place == "server":
+            self.session = RemoteSession(self.server_url, self.server_token, lambda: [snapshot], config,
+                                         focus=(0, focus))
+        elif self.training_place == "process":
             self.session = ProcessSession(lambda: [snapshot], config, resume_from=resume_from, out_dir=out_dir,
                                           focus=(0, focus))
         else:
@@ -472,8 +481,8 @@ class SessionController:
         self.on_change()
 
     def _close_session(self) -> None:
-        """A child process kept after its run (for Save model) ends when the next run starts."""
-        if isinstance(self.session, ProcessSession):
+        """A child process or server session kept after its run (for Save model) ends when the next run starts."""
+        if isinstance(self.session, (ProcessSession, RemoteSession)):
             self.session.close()
         self.session = None
 

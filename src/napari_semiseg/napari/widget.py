@@ -225,16 +225,26 @@ class SemisegWidget(QWidget):
         self.unlabeled_source_combo.addItems(["real", "extra", "both"])
         self.place_combo = tip(QComboBox(objectName="place_combo"),
                                "process: training in a separate process, so that a crash or running out of memory "
-                               "there leaves the viewer and your labels alone; thread: in napari's own process")
+                               "there leaves the viewer and your labels alone; thread: in napari's own process; "
+                               "server: on a training server (napari-semiseg serve), e.g. a machine with a GPU")
         self.place_combo.addItems(list(TRAINING_PLACES))
         self.place_combo.currentTextChanged.connect(lambda text: setattr(self.controller, "training_place", text))
+        self.server_url_edit = tip(QLineEdit(objectName="server_url_edit"),
+                                   "The training server's address, as `napari-semiseg serve` printed it")
+        self.server_url_edit.setPlaceholderText("http://gpu-server:8765")
+        self.server_url_edit.textChanged.connect(lambda text: setattr(self.controller, "server_url", text))
+        self.server_token_edit = tip(QLineEdit(objectName="server_token_edit"),
+                                     "The token `napari-semiseg serve` printed (or was given)")
+        self.server_token_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.server_token_edit.textChanged.connect(lambda text: setattr(self.controller, "server_token", text))
         for label, w in (("Batch size", self.batch_spin), ("Labeled per batch", self.labeled_batch_spin),
                          ("Patch size", self.patch_spin), ("Working scale", self.scale_spin),
                          ("Context slices", self.context_spin),
                          ("Refresh every (s)", self.refresh_spin), ("Learning rate", self.lr_spin),
                          ("Seed", self.seed_spin), ("Method settings", self.method_settings_edit),
                          ("Unlabeled folder", self.unlabeled_dir_edit),
-                         ("Unlabeled images from", self.unlabeled_source_combo), ("Train in", self.place_combo)):
+                         ("Unlabeled images from", self.unlabeled_source_combo), ("Train in", self.place_combo),
+                         ("Server URL", self.server_url_edit), ("Server token", self.server_token_edit)):
             aform.addRow(label, w)
         self.advanced.toggled.connect(lambda on: [aform.itemAt(i).widget().setVisible(on)
                                                   for i in range(aform.count()) if aform.itemAt(i).widget()])
