@@ -4,7 +4,12 @@ A 10 ms QTimer heartbeat runs during training; every gap above 10 ms is a stall 
 Prints p50 / p99 / max gap and the time from pressing Train to the first pseudo-label refresh.
 Run under a display (xvfb-run -a on a headless machine):
 
-    xvfb-run -a .venv/bin/python benchmarks/responsiveness.py [--seconds 30] [--ct] [--place process|thread]
+    xvfb-run -a .venv/bin/python benchmarks/responsiveness.py [--seconds 30] [--ct] [--place process|thread|server]
+
+``--place server`` starts ``napari-semiseg serve`` on loopback and trains there. Halfway through, one
+slice is corrected (as a brush would): the bytes that update took to reach the trainer, and the
+bytes per live refresh coming back, are printed (server: over HTTP/websocket; process: through the
+pipe and shared memory; thread: none cross).
 
 ``--ct`` uses a synthetic 512x512x300 float32 CT-like volume (315 MB) instead of the sample, and also
 reports when every slice had been refreshed once (the live sweep) and the first refresh of the
@@ -24,7 +29,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--ct", action="store_true", help="a synthetic 512x512x300 CT-like volume instead of the sample")
-    ap.add_argument("--place", choices=("process", "thread"), default="process", help="where the trainer runs")
+    ap.add_argument("--place", choices=("process", "thread", "server"), default="process",
+                    help="where the trainer runs")
     args = ap.parse_args()
     import napari
     from qtpy.QtCore import QTimer
@@ -69,6 +75,16 @@ def main():
         time.sleep(0.01)
     c = widget.controller
     c.training_place = args.place
+    server = _start_server(c) if args.place == "server" else None
+    refreshes = [0]
+    shown = c._on_report
+
+    def counting(report):  # the live refreshes that reached the viewer
+        refreshes[0] += report.slices is not None
+        shown(report)
+
+    c._on_report = counting
+    corrected = [None]
 
     gaps, last, big = [], [None], []
     first_refresh, swept = [None], [None]
@@ -97,6 +113,18 @@ def main():
         # the viewer is used meanwhile: move through slices as a reviewing user would (after the first refresh)
         if first_refresh[0] is not None:
             viewer.dims.set_point(axis, (int((time.perf_counter() - t_train) * 4) % n_slices))
+        if corrected[0] is None and time.perf_counter() - t_train > args.seconds / 2 and c.running:
+            before = _bytes(c.session)
+            fix = painted[0] + 1  # a slice next to a labeled one, painted with the reference
+            idx = [slice(None)] * 3
+            idx[axis] = fix
+            where = np.nonzero(ref[tuple(idx)])
+            full = list(where)
+            full.insert(axis, np.full(where[0].shape, fix))
+            labels.data_setitem(tuple(full), ref[tuple(idx)][where])
+            corrected[0] = (before, time.perf_counter())
+        if corrected[0] is not None and len(corrected[0]) == 2 and time.perf_counter() - corrected[0][1] > 2:
+            corrected[0] = (_bytes(c.session)[0] - corrected[0][0][0],)  # the update was sent 0.3 s after the stroke
         time.sleep(0.002)
     c.stop()
     while c.running:
@@ -116,7 +144,50 @@ def main():
     print(f"time from Train to first pseudo-labels on the slice on screen: {first:.2f} s")
     sweep = (swept[0] - t_train) if swept[0] else float("nan")
     print(f"time from Train until every slice had been refreshed once: {sweep:.1f} s")
+    up = corrected[0][0] if corrected[0] is not None and len(corrected[0]) == 1 else float("nan")
+    down = _bytes(c.session)[1]
+    print(f"one corrected slice: {up / 1e3:.1f} kB to the trainer (labels {labels.data.nbytes / 1e6:.1f} MB); "
+          f"{refreshes[0]} live refreshes, {down / max(refreshes[0], 1) / 1e3:.1f} kB of pseudo-labels each "
+          "(server only)")
     viewer.close()
+    if server is not None:
+        server.kill()
+        server.wait()
+
+
+def _bytes(session) -> tuple[float, float]:
+    """(sent to the trainer, received from it) so far: HTTP/websocket for the server, pipe plus shared
+    memory for a child process; nothing crosses for a thread."""
+    if hasattr(session, "bytes_up"):
+        return float(session.bytes_up), float(session.bytes_live)
+    channel = getattr(session, "channel", None)
+    if channel is not None:
+        return float(channel.bytes_piped + channel.bytes_shared), float("nan")
+    return 0.0, 0.0
+
+
+def _start_server(controller):
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "benchmark-token"
+    proc = subprocess.Popen([sys.executable, "-m", "napari_semiseg", "serve", "--port", str(port), "--token", token],
+                            stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/sessions", headers={"Authorization": f"Bearer {token}"}).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    controller.server_url, controller.server_token = url, token
+    return proc
 
 
 if __name__ == "__main__":

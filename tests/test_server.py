@@ -23,10 +23,11 @@ from test_process_session import volume_args
 TOKENS = ("token-of-a", "token-of-b")
 
 
-def start_server(max_upload_mb=20):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def start_server(max_upload_mb=20, port=None):
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "napari_semiseg", "serve", "--port", str(port),
                              "--token", TOKENS[0], "--token", TOKENS[1], "--max-upload-mb", str(max_upload_mb)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -100,6 +101,7 @@ def test_a_remote_session_trains_takes_a_correction_streams_pseudo_labels_and_gi
         corrected[3, 10:14, 10:14] = 1
         before = session.bytes_up
         session.send(LabelUpdate(corrected, {1, 3, 4}))
+        assert session.wait_for_sends()
         assert session.bytes_up - before < corrected.nbytes / 2  # the changed slice only
         session.drop_connection()  # as a network failure would: reports go on after a reconnect
         after_drop = next(reports)
@@ -150,6 +152,25 @@ def test_a_server_killed_mid_training_is_one_sentence_and_the_labels_are_untouch
     np.testing.assert_array_equal(args["labels"], labels)
     with pytest.raises(InputError):
         session.save("unused")
+
+
+def test_a_restarted_server_is_reported_as_such():
+    proc, url = start_server()
+    session = RemoteSession(url, TOKENS[0], [volume_args()], fast_config(iterations=None, minutes=None))
+    reports = session.reports()
+    next(reports)
+    proc.kill()
+    proc.wait(30)
+    proc.stdout.close()
+    again, _ = start_server(port=int(url.rsplit(":", 1)[1]))  # the same address, none of its sessions
+    try:
+        with pytest.raises(ServerLost, match="no longer knows this session"):
+            for _ in reports:
+                pass
+    finally:
+        again.kill()
+        again.wait(30)
+        again.stdout.close()
 
 
 def test_the_widget_trains_on_the_server_and_survives_losing_it(make_napari_viewer, fresh_notifications, qtbot,

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, is_out_of_memory
+from .session import LatestSender
 from .trainer import LabelUpdate, Report, TrainConfig
 
 SHARE_ABOVE = 1 << 20  # bytes: arrays this large go through shared memory
@@ -179,6 +180,7 @@ class ProcessSession:
         self.iteration = 0
         self.process = None
         self.channel: Channel | None = None
+        self._updates = LatestSender(lambda update: self._command("send", update), "semiseg-label-sender")
 
     # ---- the run
     def build(self) -> dict:
@@ -286,7 +288,11 @@ class ProcessSession:
             pass
 
     def send(self, update: LabelUpdate) -> None:
-        self._command("send", update)
+        """New trusted labels; copied to the child from another thread (see LatestSender)."""
+        self._updates.put(update)
+
+    def wait_for_sends(self, timeout: float = 30.0) -> bool:
+        return self._updates.wait(timeout)
 
     def focus(self, slice_index: int, volume_index: int = 0) -> None:
         self._command("focus", int(slice_index), int(volume_index))

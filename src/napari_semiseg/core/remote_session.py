@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .session import LatestSender
 from .trainer import LabelUpdate, Report, TrainConfig
 from .wire import pack, report_from, unpack
 
@@ -55,8 +56,9 @@ class RemoteSession:
         self._paused = False
         self.id: str | None = None
         self.iteration = 0
-        self.bytes_up = self.bytes_down = 0
+        self.bytes_up = self.bytes_down = self.bytes_live = 0  # bytes_live: the live refreshes' pseudo-labels
         self._ws = None
+        self._updates = LatestSender(self._post_labels, "semiseg-label-sender")
 
     # ---- HTTP
     def _request(self, method: str, path: str, **kw):
@@ -138,6 +140,8 @@ class RemoteSession:
                 if "error" in meta:
                     raise InputError(meta["error"])
                 self.bytes_down += len(payload or b"")
+                if "slices" in meta:
+                    self.bytes_live += len(payload)
                 report = report_from(meta, payload, MAX_MESSAGE_BYTES)
                 self.iteration = report.iteration
                 yield report
@@ -188,7 +192,14 @@ class RemoteSession:
 
     # ---- control
     def send(self, update: LabelUpdate) -> None:
-        """Only the slices that changed since the last update go to the server."""
+        """Only the slices that changed since the last update go to the server, from another thread
+        (see LatestSender)."""
+        self._updates.put(update)
+
+    def wait_for_sends(self, timeout: float = 30.0) -> bool:
+        return self._updates.wait(timeout)
+
+    def _post_labels(self, update: LabelUpdate) -> None:
         with self._lock:
             if self._sent is None:
                 return

@@ -19,6 +19,44 @@ from .errors import InputError
 from .trainer import LabelUpdate, Report, TrainConfig, Trainer
 
 
+class LatestSender:
+    """Delivers label updates from a thread of its own, newest only: the caller (the viewer's GUI
+    thread) returns at once, and an update still waiting is replaced by a newer one (each holds the
+    whole labels). Copying a CT's 79 MB of labels into shared memory, or posting a slice to a server,
+    in the GUI thread stalled the viewer for 0.45 s and 1 s (benchmarks/RESULTS.md §13)."""
+
+    def __init__(self, deliver: Callable, name: str):
+        self._deliver = deliver
+        self._cv = threading.Condition()
+        self._item, self._waiting, self._busy = None, False, False
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def put(self, item) -> None:
+        with self._cv:
+            self._item, self._waiting = item, True
+            self._cv.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._waiting:
+                    self._cv.wait()
+                item, self._item, self._waiting, self._busy = self._item, None, False, True
+            try:
+                self._deliver(item)
+            except Exception:  # noqa: BLE001 - a lost trainer is reported by its report stream
+                pass
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def wait(self, timeout: float = 30.0) -> bool:
+        """Until every update given so far is delivered; False on timeout."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not (self._waiting or self._busy), timeout)
+
+
 class LocalSession:
     """Training in this process. The trainer is built by the first ``next()`` on :meth:`reports`, in
     the thread that iterates them: building it (normalisation statistics, the network) held the

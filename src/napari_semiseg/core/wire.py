@@ -17,8 +17,13 @@ MAX_MEMBERS = 16
 
 
 def pack(meta: dict, **arrays: np.ndarray) -> bytes:
+    """An .npz, deflated at level 1: label maps shrink nearly as much as at the default level, and a
+    CT's 315 MB upload reaches the first pseudo-labels 4 s sooner (RESULTS §13)."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, meta=np.array(json.dumps(meta)), **arrays)
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for name, value in {"meta": np.array(json.dumps(meta)), **arrays}.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
     return buf.getvalue()
 
 
