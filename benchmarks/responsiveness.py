@@ -60,13 +60,8 @@ def main():
     _, widget = viewer.window.add_plugin_dock_widget("napari-semiseg", "Semi-supervised segmentation")
     widget.axis_spin.setValue(axis)
     labels = viewer.layers["annotations"]
-    for i in painted:  # through the layer's history, as a brush does: the widget hears of it
-        idx = [slice(None)] * 3
-        idx[axis] = i
-        where = np.nonzero(ref[tuple(idx)])
-        full = list(where)
-        full.insert(axis, np.full(where[0].shape, i))
-        labels.data_setitem(tuple(full), ref[tuple(idx)][where])
+    for i in painted:
+        _paint_slice(labels, ref, axis, i)
     viewer.dims.set_point(axis, 120 if args.ct else 17)
     app = QApplication.instance()
     t0 = time.perf_counter()
@@ -115,13 +110,7 @@ def main():
             viewer.dims.set_point(axis, (int((time.perf_counter() - t_train) * 4) % n_slices))
         if corrected[0] is None and time.perf_counter() - t_train > args.seconds / 2 and c.running:
             before = _bytes(c.session)
-            fix = painted[0] + 1  # a slice next to a labeled one, painted with the reference
-            idx = [slice(None)] * 3
-            idx[axis] = fix
-            where = np.nonzero(ref[tuple(idx)])
-            full = list(where)
-            full.insert(axis, np.full(where[0].shape, fix))
-            labels.data_setitem(tuple(full), ref[tuple(idx)][where])
+            _paint_slice(labels, ref, axis, painted[0] + 1)  # a slice next to a labeled one
             corrected[0] = (before, time.perf_counter())
         if corrected[0] is not None and len(corrected[0]) == 2 and time.perf_counter() - corrected[0][1] > 2:
             corrected[0] = (_bytes(c.session)[0] - corrected[0][0][0],)  # the update was sent 0.3 s after the stroke
@@ -153,6 +142,16 @@ def main():
     if server is not None:
         server.kill()
         server.wait()
+
+
+def _paint_slice(labels, ref, axis: int, i: int) -> None:
+    """The reference's slice ``i`` painted through the layer's history, as a brush does: the widget hears of it."""
+    idx = [slice(None)] * 3
+    idx[axis] = i
+    where = np.nonzero(ref[tuple(idx)])
+    full = list(where)
+    full.insert(axis, np.full(where[0].shape, i))
+    labels.data_setitem(tuple(full), ref[tuple(idx)][where])
 
 
 def _bytes(session) -> tuple[float, float]:

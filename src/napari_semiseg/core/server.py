@@ -86,6 +86,7 @@ class ServerSession:
 
     def update_labels(self, slices: list[int], planes: np.ndarray, labeled: list[int]) -> None:
         """The changed slices only; the server's copy of the labels is completed and sent on."""
+        labeled = {int(i) for i in labeled}  # malformed: ValueError, 400, before anything changes
         n = self.labels.shape[self.axis] if self.labels.ndim == 3 else 1
         if any(not 0 <= i < n for i in slices):
             raise InputError(f"A slice index is outside the volume's {n} slices.")
@@ -98,17 +99,22 @@ class ServerSession:
                 np.moveaxis(self.labels, self.axis, 0)[i] = plane
             else:
                 self.labels[...] = plane
-        self.labeled = {int(i) for i in labeled}
+        self.labeled = labeled
         self.session.send(LabelUpdate(self.labels.copy(), set(self.labeled)))
 
     def summary(self) -> dict:
         return {"id": self.id, "state": self.state, "iteration": self.iteration}
 
-    def model_zip(self) -> bytes:
-        """The model as a zip of its folder: saved now when paused, the last save when the run ended."""
+    def idle(self, doing: str) -> bool:
+        """True when the run has ended; False when it is paused; InputError while it trains."""
         ended = self.state in ("finished", "failed")
         if not (ended or self.session.paused):
-            raise InputError("Pause or stop training before fetching the model.")
+            raise InputError(f"Pause or stop training before {doing}.")
+        return ended
+
+    def model_zip(self) -> bytes:
+        """The model as a zip of its folder: saved now when paused, the last save when the run ended."""
+        ended = self.idle("fetching the model")
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.folder / "model" if ended else self.session.save(Path(tmp) / "model")
             buf = io.BytesIO()
@@ -212,8 +218,10 @@ def create_app(tokens: list[str], *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_M
         return PlainTextResponse(str(exc), status_code=400)
 
     @app.exception_handler(RequestValidationError)
+    @app.exception_handler(ValueError)
+    @app.exception_handler(TypeError)
     async def bad_request(request, exc):
-        return PlainTextResponse("The request's parameters are malformed.", status_code=400)
+        return PlainTextResponse("The request's parameters or contents are malformed.", status_code=400)
 
     @app.get("/sessions")
     def list_sessions(request: Request):
@@ -265,6 +273,7 @@ def create_app(tokens: list[str], *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_M
     @app.get("/sessions/{sid}/prediction")
     async def prediction(sid: str, request: Request):
         s = session_of(request.headers.get("authorization"), sid)
+        s.idle("asking for a whole prediction")
         p = (await asyncio.to_thread(s.session.predict))[0]
         return Response(pack({}, labels=p.labels, uncertainty=p.uncertainty, scores=p.slice_scores),
                         media_type="application/octet-stream")
