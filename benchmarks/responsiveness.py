@@ -137,7 +137,7 @@ def main():
     down = _bytes(c.session)[1]
     print(f"one corrected slice: {up / 1e3:.1f} kB to the trainer (labels {labels.data.nbytes / 1e6:.1f} MB); "
           f"{refreshes[0]} live refreshes, {down / max(refreshes[0], 1) / 1e3:.1f} kB of pseudo-labels each "
-          "(server only)")
+          "(process: uncompressed; server: compressed)")
     viewer.close()
     if server is not None:
         server.kill()
@@ -160,8 +160,8 @@ def _bytes(session) -> tuple[float, float]:
     if hasattr(session, "bytes_up"):
         return float(session.bytes_up), float(session.bytes_live)
     channel = getattr(session, "channel", None)
-    if channel is not None:
-        return float(channel.bytes_piped + channel.bytes_shared), float("nan")
+    if channel is not None:  # what arrives is not compressed: its size is the arrays'
+        return float(channel.bytes_piped + channel.bytes_shared), float(session.bytes_live)
     return 0.0, 0.0
 
 

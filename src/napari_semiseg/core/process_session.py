@@ -178,6 +178,7 @@ class ProcessSession:
         self._built: dict | None = None
         self._closed = False
         self.iteration = 0
+        self.bytes_live = 0  # the live refreshes' pseudo-labels received, for benchmarks
         self.process = None
         self.channel: Channel | None = None
         self._updates = LatestSender(lambda update: self._command("send", update), "semiseg-label-sender")
@@ -235,6 +236,9 @@ class ProcessSession:
             kind, *rest = self._reports.get()
             if kind == "report":
                 self.iteration = rest[0].iteration
+                if rest[0].slices is not None:
+                    s = rest[0].slices
+                    self.bytes_live += s.labels.nbytes + s.uncertainty.nbytes + s.scores.nbytes
                 yield rest[0]
             elif kind == "finished":
                 return
