@@ -91,7 +91,7 @@ class SessionController:
     def __init__(self, viewer, on_change=None):
         self.viewer = viewer
         self.state = SessionState()
-        self.session: LocalSession | ProcessSession | None = None  # the only way to the training run
+        self.session: LocalSession | ProcessSession | RemoteSession | None = None  # the only way to the training run
         self.training_place = TRAINING_PLACES[0]
         self.server_url, self.server_token = "", ""
         self.worker = None
@@ -423,6 +423,10 @@ class SessionController:
         if self.training_place == "server" and not (self.server_url.strip() and self.server_token.strip()):
             raise InputError("Give the training server's URL and token (Advanced), as `napari-semiseg serve` "
                              "printed them.")
+        if self.training_place == "server" and resume_from is not None:
+            self.notify("warning", "The server starts a new model: one on this machine cannot be continued there "
+                                   "yet (Train in: process or thread continues it).")
+            resume_from = None
         config.check()  # a wrong setting is one sentence now, not a failure in the training thread
         if self.state.image_layer is None:
             raise InputError("Choose an image layer first.")
@@ -486,7 +490,7 @@ class SessionController:
             self.session.close()
         self.session = None
 
-    def _run_session(self, session: LocalSession | ProcessSession):
+    def _run_session(self, session: LocalSession | ProcessSession | RemoteSession):
         """The session's reports, in the worker thread (where its trainer is built).
 
         Errors are re-raised as :class:`TrainingFailed`: superqt's worker takes any RuntimeError
