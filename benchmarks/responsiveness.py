@@ -33,7 +33,7 @@ def main():
                     help="where the trainer runs")
     args = ap.parse_args()
     import napari
-    from qtpy.QtCore import QTimer
+    from qtpy.QtCore import QEventLoop, QTimer
     from qtpy.QtWidgets import QApplication, QPushButton
 
     from napari_semiseg.core.benchmark import evenly_spaced_slices
@@ -101,24 +101,36 @@ def main():
     timer.setInterval(10)
     timer.timeout.connect(beat)
     timer.start()
-    t_train = time.perf_counter()
-    widget.findChild(QPushButton, "train_button").click()
-    while time.perf_counter() - t_train < args.seconds:
-        app.processEvents()
-        # the viewer is used meanwhile: move through slices as a reviewing user would (after the first refresh)
+    def drive():
+        """The user, on napari's own event loop: moves through slices after the first refresh, corrects
+        one slice halfway, stops at the end and leaves once training has ended."""
+        t = time.perf_counter() - t_train
+        if t >= args.seconds:
+            if c.running and not stopping:
+                stopping.append(True)
+                c.stop()
+            elif not c.running:
+                loop.quit()
+            return
         if first_refresh[0] is not None:
-            viewer.dims.set_point(axis, (int((time.perf_counter() - t_train) * 4) % n_slices))
-        if corrected[0] is None and time.perf_counter() - t_train > args.seconds / 2 and c.running:
+            viewer.dims.set_point(axis, int(t * 4) % n_slices)
+        if corrected[0] is None and t > args.seconds / 2 and c.running:
             before = _bytes(c.session)
             _paint_slice(labels, ref, axis, painted[0] + 1)  # a slice next to a labeled one
             corrected[0] = (before, time.perf_counter())
         if corrected[0] is not None and len(corrected[0]) == 2 and time.perf_counter() - corrected[0][1] > 2:
-            corrected[0] = (_bytes(c.session)[0] - corrected[0][0][0],)  # the update was sent 0.3 s after the stroke
-        time.sleep(0.002)
-    c.stop()
-    while c.running:
-        app.processEvents()
-        time.sleep(0.01)
+            corrected[0] = (_bytes(c.session)[0] - corrected[0][0][0],)  # sent 0.1 s after the stroke
+
+    stopping: list = []
+    user = QTimer()
+    user.setInterval(50)
+    user.timeout.connect(drive)
+    t_train = time.perf_counter()
+    widget.findChild(QPushButton, "train_button").click()
+    user.start()
+    loop = QEventLoop()
+    loop.exec()  # a real event loop, as napari runs one (no polling loop of our own in the measurement)
+    user.stop()
     timer.stop()
     g = np.array(gaps)
     stall = g - 10.0

@@ -97,6 +97,8 @@ def _child_main(conn) -> None:
 
     channel = Channel(conn)
     start = channel.receive()
+    if start["nice"] and hasattr(os, "nice"):
+        os.nice(start["nice"])
     volume_args = start["volumes"]
     session = LocalSession(lambda: [Volume(**a) for a in volume_args], start["config"],
                            resume_from=start["resume_from"], out_dir=start["out_dir"], focus=start["focus"])
@@ -168,8 +170,9 @@ class ProcessSession:
     """
 
     def __init__(self, volumes, config: TrainConfig, *, resume_from: str | os.PathLike | None = None,
-                 out_dir: str | os.PathLike | None = None, focus: tuple[int, int] | None = None):
+                 out_dir: str | os.PathLike | None = None, focus: tuple[int, int] | None = None, nice: int = 0):
         self._start = (volumes, config, resume_from, out_dir, focus)
+        self._nice = nice  # added to the child's niceness (Unix): > 0 gives the caller's process the CPU first
         self._lock = threading.Lock()
         self._early: list[tuple] = []  # commands given before the child was started
         self._reports: queue.Queue = queue.Queue()
@@ -198,7 +201,7 @@ class ProcessSession:
         theirs.close()
         self.process, self.channel = process, Channel(ours)
         self.channel.send({"volumes": args, "config": config, "resume_from": resume_from,
-                           "out_dir": None if out_dir is None else str(out_dir), "focus": focus})
+                           "out_dir": None if out_dir is None else str(out_dir), "focus": focus, "nice": self._nice})
         threading.Thread(target=self._read, name="semiseg-reader", daemon=True).start()
         with self._lock:
             for command in self._early:
