@@ -101,6 +101,12 @@ def check_replaceable(folder: Path) -> None:
 def save_model(folder: str | os.PathLike, weights: dict[str, torch.Tensor], metadata: dict,
                optimiser_state: dict | None = None, lock: FolderLock | None = None) -> Path:
     """Write the model into ``folder`` as one unit (see the module's docstring)."""
+    return install_model(folder, lambda new: _write_files(new, weights, metadata, optimiser_state), lock)
+
+
+def install_model(folder: str | os.PathLike, write, lock: FolderLock | None = None) -> Path:
+    """``write(new)`` fills a fresh hidden folder beside ``folder``, which then replaces ``folder`` in
+    one step: a model folder is never seen half written, and never replaces the user's own files."""
     folder = Path(folder)
     check_replaceable(folder)
     with nullcontext() if lock is not None and lock.held else FolderLock(folder):
@@ -112,7 +118,11 @@ def save_model(folder: str | os.PathLike, weights: dict[str, torch.Tensor], meta
         except OSError as err:
             raise write_error(parent, err, "model") from None
         try:
-            _write_files(new, weights, metadata, optimiser_state)
+            write(new)
+            for p in new.iterdir():
+                _fsync(str(p))
+                os.chmod(p, 0o666 & ~_umask())
+            os.chmod(new, 0o777 & ~_umask())  # mkdtemp makes it private
             _swap_in(new, folder)
         except OSError as err:
             raise write_error(parent, err, "model") from None
@@ -134,10 +144,6 @@ def _write_files(new: Path, weights, metadata: dict, optimiser_state: dict | Non
         save_file(tensors, str(new / OPTIMISER_NAME), metadata={"save_id": save_id})
         (new / OPTIMISER_META).write_text(json.dumps({**meta, "save_id": save_id}))
     (new / CONFIG_NAME).write_text(json.dumps(metadata, indent=2))
-    for p in new.iterdir():
-        _fsync(str(p))
-        os.chmod(p, 0o666 & ~_umask())
-    os.chmod(new, 0o777 & ~_umask())  # mkdtemp makes it private
 
 
 def _swap_in(new: Path, folder: Path) -> None:

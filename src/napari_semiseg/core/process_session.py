@@ -17,7 +17,6 @@ import pickle
 import queue
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
@@ -80,10 +79,8 @@ class Channel:
             self.bytes_piped += buf.getbuffer().nbytes
             self.bytes_shared += pickler.bytes_shared
 
-    def receive(self, timeout: float | None = None):
-        """The next message; None when ``timeout`` passes first. EOFError when the other end is gone."""
-        if timeout is not None and not self.conn.poll(timeout):
-            return None
+    def receive(self):
+        """The next message; EOFError when the other end is gone."""
         return pickle.loads(self.conn.recv_bytes())
 
 
@@ -191,7 +188,6 @@ class ProcessSession:
         """Start the child and wait until its trainer is built: ``{"device": ..., "precision": ...}``."""
         if self._built is not None:
             return self._built
-        self.started_at = time.time()
         volumes, config, resume_from, out_dir, focus = self._start
         args = [dict(a, image=np.asarray(a["image"])) for a in (volumes() if callable(volumes) else volumes)]
         ctx = mp.get_context("spawn")
@@ -248,20 +244,6 @@ class ProcessSession:
             else:
                 self._raise(kind, rest)
 
-    def run(self, progress_bar: bool = False) -> Report:
-        from .trainer import _ProgressBar
-
-        bar = _ProgressBar(self._start[1]) if progress_bar else None
-        last = None
-        try:
-            for last in self.reports():
-                if bar is not None:
-                    bar.update(last)
-        finally:
-            if bar is not None:
-                bar.close()
-        return last
-
     def predict(self) -> list:
         return self._ask("predict")
 
@@ -297,9 +279,6 @@ class ProcessSession:
     def send(self, update: LabelUpdate) -> None:
         """New trusted labels; copied to the child from another thread (see LatestSender)."""
         self._updates.put(update)
-
-    def wait_for_sends(self, timeout: float = 30.0) -> bool:
-        return self._updates.wait(timeout)
 
     def focus(self, slice_index: int, volume_index: int = 0) -> None:
         self._command("focus", int(slice_index), int(volume_index))

@@ -12,8 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 import threading
 import time
 import zipfile
@@ -26,16 +24,18 @@ import numpy as np
 from .errors import InputError
 from .session import LatestSender
 from .trainer import LabelUpdate, Report, TrainConfig
-from .wire import pack, report_from, unpack
+from .wire import SERVER_CHOOSES, pack, report_from, slice_stack, unpack
 
 RECONNECT_SECONDS = 20.0  # how long a dropped connection is retried before the server counts as lost
 MAX_MESSAGE_BYTES = 4 << 30
-# settings the server chooses for its own machine
-_SERVER_SIDE = ("unlabeled_dir", "device", "threads")
 
 
 class ServerLost(InputError):
     """The server cannot be reached, or no longer knows the session (it was restarted)."""
+
+
+class SessionGone(ServerLost):
+    """The server answers but no longer knows the session: it was restarted. Retrying cannot help."""
 
 
 class RemoteSession:
@@ -71,7 +71,7 @@ class RemoteSession:
         self.bytes_up += len(kw.get("content", b"") or b"")
         self.bytes_down += len(r.content)
         if r.status_code == 404 and self.id is not None and path.startswith(f"/sessions/{self.id}"):
-            raise ServerLost("The training server no longer knows this session (it was restarted): press Train "
+            raise SessionGone("The training server no longer knows this session (it was restarted): press Train "
                              "to start a new one; your labels are untouched.")
         if r.status_code >= 400:
             raise InputError(f"The training server refused: {r.text.strip()[:300]}")
@@ -89,7 +89,7 @@ class RemoteSession:
         args = (volumes() if callable(volumes) else volumes)[0]
         labels = np.asarray(args["labels"])
         self._axis = int(args.get("axis", 0)) if labels.ndim == 3 else 0
-        settings = {k: v for k, v in asdict(config).items() if k not in _SERVER_SIDE}
+        settings = {k: v for k, v in asdict(config).items() if k not in SERVER_CHOOSES}
         meta = {"config": settings, "axis": self._axis, "channels": bool(args.get("channels", False)),
                 "name": str(args.get("name", "image")), "focus": int(focus[1]) if focus else 0}
         body = pack(meta, image=np.asarray(args["image"]), labels=labels,
@@ -114,10 +114,12 @@ class RemoteSession:
         deadline = time.monotonic() + RECONNECT_SECONDS
         while True:
             try:
-                self._request("GET", f"/sessions/{self.id}")  # 404 here: restarted, the session is gone
+                self._request("GET", f"/sessions/{self.id}")  # SessionGone here: restarted, no retry
                 return self._connect()
-            except ServerLost as err:
-                if "no longer knows" in str(err) or time.monotonic() > deadline:
+            except SessionGone:
+                raise
+            except ServerLost:
+                if time.monotonic() > deadline:
                     raise
             except (OSError, InvalidStatus, WebSocketException, TimeoutError):
                 if time.monotonic() > deadline:
@@ -156,12 +158,6 @@ class RemoteSession:
         if self._ws is not None:
             self._ws.close()
 
-    def run(self, progress_bar: bool = False) -> Report:
-        last = None
-        for last in self.reports():
-            pass
-        return last
-
     def predict(self) -> list:
         from .inference import Prediction
 
@@ -169,26 +165,21 @@ class RemoteSession:
         return [Prediction(a["labels"], a["uncertainty"], a["scores"])]
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Fetch the model into the folder ``path`` (the run paused or ended)."""
-        from .checkpoint import check_replaceable
+        """Fetch the model into the folder ``path`` (the run paused or ended), installed as a local save is."""
+        from .checkpoint import MODEL_FILES, install_model
 
         if self.id is None:
             raise InputError("There is no model yet: train first.")
         data = self._request("GET", f"/sessions/{self.id}/model").content
-        path = Path(path)
-        if path.exists():
-            check_replaceable(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=path.parent))
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            for name in z.namelist():
-                if "/" in name or name.startswith("."):
-                    raise InputError("The server sent a model with unexpected files.")
-                (tmp / name).write_bytes(z.read(name))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-        return path
+
+        def extract(new: Path) -> None:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                for name in z.namelist():
+                    if name not in MODEL_FILES:
+                        raise InputError("The server sent a model with unexpected files.")
+                    (new / name).write_bytes(z.read(name))
+
+        return install_model(path, extract)
 
     # ---- control
     def send(self, update: LabelUpdate) -> None:
@@ -204,13 +195,9 @@ class RemoteSession:
             if self._sent is None:
                 return
             new = np.asarray(update.labels)
-            if new.ndim == 3:
-                a = self._axis
-                changed = np.nonzero(np.any(np.moveaxis(new != self._sent, a, 0), axis=(1, 2)))[0]
-                planes = np.moveaxis(new, a, 0)[changed]
-            else:
-                changed = np.array([0]) if (new != self._sent).any() else np.zeros(0, int)
-                planes = new[None] if len(changed) else np.zeros((0,) + new.shape, new.dtype)
+            stack = slice_stack(new, self._axis)
+            changed = np.nonzero((stack != slice_stack(self._sent, self._axis)).reshape(len(stack), -1).any(1))[0]
+            planes = stack[changed]
             body = pack({"labeled": sorted(int(i) for i in update.labeled)}, slices=changed.astype(np.int64),
                         planes=np.ascontiguousarray(planes))
             self._request("POST", f"/sessions/{self.id}/labels", content=body)

@@ -33,11 +33,9 @@ from starlette.exceptions import HTTPException
 from .errors import InputError
 from .process_session import ProcessSession
 from .trainer import LabelUpdate, TrainConfig
-from .wire import pack, report_message, unpack
+from .wire import SERVER_CHOOSES, pack, report_message, slice_stack, unpack
 
 DEFAULT_MAX_UPLOAD_MB = 2048
-# settings a client may not choose: paths on the server, and how the server uses its own machine
-SERVER_SIDE = {"unlabeled_dir", "device", "threads"}
 
 
 class ServerSession:
@@ -87,18 +85,13 @@ class ServerSession:
     def update_labels(self, slices: list[int], planes: np.ndarray, labeled: list[int]) -> None:
         """The changed slices only; the server's copy of the labels is completed and sent on."""
         labeled = {int(i) for i in labeled}  # malformed: ValueError, 400, before anything changes
-        n = self.labels.shape[self.axis] if self.labels.ndim == 3 else 1
-        if any(not 0 <= i < n for i in slices):
-            raise InputError(f"A slice index is outside the volume's {n} slices.")
-        expected = (len(slices),) + tuple(s for a, s in enumerate(self.labels.shape) if a != self.axis) \
-            if self.labels.ndim == 3 else (len(slices),) + self.labels.shape
+        stack = slice_stack(self.labels, self.axis)  # writes go through to the labels
+        if any(not 0 <= i < len(stack) for i in slices):
+            raise InputError(f"A slice index is outside the volume's {len(stack)} slices.")
+        expected = (len(slices),) + stack.shape[1:]
         if tuple(planes.shape) != expected:
             raise InputError(f"The slices have shape {tuple(planes.shape)}, not {expected}.")
-        for i, plane in zip(slices, planes):
-            if self.labels.ndim == 3:
-                np.moveaxis(self.labels, self.axis, 0)[i] = plane
-            else:
-                self.labels[...] = plane
+        stack[slices] = planes
         self.labeled = labeled
         self.session.send(LabelUpdate(self.labels.copy(), set(self.labeled)))
 
@@ -135,7 +128,7 @@ def _config_from(meta: dict) -> TrainConfig:
     if not isinstance(given, dict):
         raise InputError("config must be an object of training settings.")
     known = {f.name for f in fields(TrainConfig)}
-    refused = sorted(set(given) & SERVER_SIDE)
+    refused = sorted(set(given) & set(SERVER_CHOOSES))
     unknown = sorted(set(given) - known)
     if refused:
         raise InputError(f"The server chooses {', '.join(refused)} itself.")

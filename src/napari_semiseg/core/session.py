@@ -161,6 +161,9 @@ class LocalSession:
     def has_model(self) -> bool:
         return self.trainer is not None
 
+    def close(self) -> None:
+        """Nothing outlives a run here (the other sessions end their process or server session)."""
+
     def save(self, path: str | os.PathLike) -> Path:
         """Save the model into ``path`` (a paused or ended run: a running one is refused)."""
         with self._lock:

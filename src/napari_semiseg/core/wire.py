@@ -14,6 +14,14 @@ import numpy as np
 from .errors import InputError
 
 MAX_MEMBERS = 16
+# training settings the server chooses for its own machine: a client's are refused
+SERVER_CHOOSES = ("unlabeled_dir", "device", "threads")
+
+
+def slice_stack(labels: np.ndarray, axis: int) -> np.ndarray:
+    """A view of ``labels`` as a stack of slices along ``axis`` (a 2D image is a stack of one):
+    label updates travel as the slices that changed."""
+    return np.moveaxis(labels, axis, 0) if labels.ndim == 3 else labels[None]
 
 
 def pack(meta: dict, **arrays: np.ndarray) -> bytes:

@@ -490,7 +490,7 @@ class SessionController:
 
     def _close_session(self) -> None:
         """A child process or server session kept after its run (for Save model) ends when the next run starts."""
-        if isinstance(self.session, (ProcessSession, RemoteSession)):
+        if self.session is not None:
             self.session.close()
         self.session = None
 
