@@ -398,7 +398,7 @@ def test_mean_teacher_warm_up_is_supervised_until_the_student_agrees_with_the_la
     assert not mt.needs_unlabeled(early)
     out = mt.training_step(batch, early)
     assert "consistency" not in out and "agreement" in out
-    mt.agreement = 0.9  # agrees, but too few steps yet
+    mt.agreement.fill_(0.9)  # agrees, but too few steps yet
     assert not mt.needs_unlabeled(TrainState(50, 0.2))
     assert mt.needs_unlabeled(TrainState(250, 0.2))
     # the consistency ramp starts where the warm-up ended, not at the start of training

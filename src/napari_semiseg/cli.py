@@ -50,9 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="semiseg-output", help="output folder for the headless run")
     demo.add_argument("--seconds", type=POSITIVE, default=45.0, help="training time of the headless run")
 
-    tr = sub.add_parser("train", help="train on an image from its labeled slices (and its unlabeled rest)")
-    tr.add_argument("image", help="image (NIfTI, TIFF, PNG/JPEG)")
-    tr.add_argument("--labels", required=True, help="label map of the same shape")
+    tr = sub.add_parser("train", help="train on an image from its labeled slices (and its unlabeled rest), or on "
+                                      "a data set folder streamed from disk (under torchrun: on several GPUs/nodes)")
+    tr.add_argument("image", help="image (NIfTI, TIFF, PNG/JPEG); or a folder with images/ and labels/ (NIfTI, "
+                                  "TIFF, HDF5, zarr), images without a label map being unlabeled")
+    tr.add_argument("--labels", help="label map of the same shape (not with a data set folder)")
     which = tr.add_mutually_exclusive_group()
     which.add_argument("--labeled-slices", help="comma-separated slice indices whose labels are trusted "
                                                  "(labels elsewhere are ignored); default: every slice with a label")
@@ -301,6 +303,14 @@ def cmd_train(args) -> int:
     from .core.volume import Volume, labeled_slices_from_labels, labels_on_slices
 
     cfg = _config_from(args, method=args.method, minutes=args.minutes, iterations=args.iterations)
+    if Path(args.image).is_dir():
+        return _train_data_set(args, cfg)
+    if not args.labels:
+        raise InputError("train IMAGE needs --labels LABELS (the label map of the same shape); a data set folder "
+                         "needs none.")
+    from .core import distributed
+
+    ranks = distributed.start(cfg.device)
     image, labels = _load_pair(args.image, args.labels)
     out = Path(args.out)
     suffix = ".nii.gz" if image.source.format == "nifti" else ".tif"
@@ -342,23 +352,93 @@ def cmd_train(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     session = LocalSession([volume], cfg, resume_from=args.resume, out_dir=model_path)
     about = session.build()
-    print(f"Training {cfg.method} on {Path(args.image).name} {image.spatial_shape}: {len(labeled)} labeled "
-          f"slice(s) along axis {axis}, {about['device']} ({about['precision']}), "
-          f"{'%.1f min' % cfg.minutes if cfg.minutes else '%d iterations' % cfg.iterations}; "
-          f"a checkpoint every {cfg.checkpoint_seconds:.0f} s into {model_path}.")
-    try:
-        report = session.run(progress_bar=True)
-    except KeyboardInterrupt:
-        saved = session.save(model_path) if session.iteration else None
-        print(f"napari-semiseg: interrupted at iteration {session.iteration}" +
-              (f"; the model is saved in {saved} (continue with --resume {saved})." if saved else "."),
-              file=sys.stderr)
-        return 130
+    if ranks.main:
+        print(f"Training {cfg.method} on {Path(args.image).name} {image.spatial_shape}: {len(labeled)} labeled "
+              f"slice(s) along axis {axis}, {about['device']} ({about['precision']}), {_budget(cfg, ranks, model_path)}")
+    report, status = _train_to_end(session.run, session, model_path, ranks)
+    if report is None:
+        return status
+    if not ranks.main:  # rank 0 writes the masks
+        return 0
     pred = report.prediction[0] if report.prediction else session.predict()[0]
     mask = write_labels(mask_path, pred.labels, image.source)
     unc = write_float_map(unc_path, pred.uncertainty, image.source)
     print(f"{report.iteration} iterations in {report.elapsed:.0f} s. Model: {model_path.resolve()}")
     print(f"Mask: {mask.resolve()}\nUncertainty: {unc.resolve()}")
+    return 0
+
+
+def _budget(cfg, ranks, model_path: Path) -> str:
+    """The rest of the line that opens a training: budget, ranks, checkpoints."""
+    world = f", world size {ranks.world} (one model, DistributedDataParallel)" if ranks.distributed else ""
+    return (f"{'%.1f min' % cfg.minutes if cfg.minutes else '%d iterations' % (cfg.iterations or 0)}{world}; "
+            f"a checkpoint every {cfg.checkpoint_seconds:.0f} s into {model_path}.")
+
+
+def _train_to_end(run, trainer, model_path: Path, ranks):
+    """(the last report, None), or (None, the exit status) when training was interrupted or lost a rank."""
+    from .core.distributed import PeerLost
+
+    try:
+        return run(progress_bar=ranks.main), None
+    except KeyboardInterrupt:
+        return None, _interrupted(trainer, model_path, ranks)
+    except PeerLost as err:
+        return None, _fail(f"rank {ranks.rank}: {err}", 1)
+
+
+def _interrupted(trainer, model_path: Path, ranks) -> int:
+    """Ctrl-C, SIGTERM (a cluster's time limit; torchrun stopping the others when one rank failed)."""
+    if not ranks.main:
+        return 130
+    saved = trainer.save(model_path) if trainer.iteration else None
+    kept = f"; the model is saved in {saved} (continue with --resume {saved})." if saved else "."
+    if ranks.distributed:  # torchrun stops the other ranks this way when one of them fails
+        return _fail(f"rank 0: training stopped at iteration {trainer.iteration}: the launcher ended it (another "
+                     f"training process failed, or the job was cancelled){kept}", 130)
+    print(f"napari-semiseg: interrupted at iteration {trainer.iteration}{kept}", file=sys.stderr)
+    return 130
+
+
+def _train_data_set(args, cfg) -> int:
+    """A folder of images (labeled or not), streamed from disk; one model over every torchrun rank."""
+    from dataclasses import replace
+
+    from .core import distributed
+    from .core.checkpoint import MODEL_SUBFOLDER, check_replaceable
+    from .core.files import check_output_folder, expand_inputs, refuse_inputs_inside
+    from .core.streaming import scan_folder
+    from .core.trainer import Trainer
+
+    if args.labels or args.labeled_slices or args.labeled or args.unpainted != "background":
+        raise InputError("A data set folder takes its labels from labels/ (every slice of a labeled image is "
+                         "labeled): --labels, --labeled-slices, --labeled and --unpainted are for one image.")
+    out = Path(args.out)
+    model_path = out / MODEL_SUBFOLDER
+    inputs = expand_inputs([args.image, args.resume])
+    check_output_folder(out, inputs)
+    refuse_inputs_inside(model_path, inputs, "model")
+    check_replaceable(model_path)
+    if cfg.minutes is None and cfg.iterations is None and args.resume is None:
+        cfg.minutes = 1.0
+    cfg = replace(cfg, final_prediction=False, refresh_seconds=1e9, first_refresh_seconds=1e9)
+    ranks = distributed.start(cfg.device)
+    # rank 0 reads the headers and the label maps once; the others receive the index
+    data = distributed.from_main(lambda: scan_folder(args.image, axis=args.axis))
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(data, cfg, resume_from=args.resume, out_dir=model_path)
+    if ranks.main:
+        labeled, unlabeled = len(data.labeled), len(data.unlabeled)
+        print(f"Training {cfg.method} on {labeled + unlabeled} images streamed from {args.image} ({labeled} labeled, "
+              f"{unlabeled} unlabeled), {trainer.device} ({trainer.precision}), {_budget(cfg, ranks, model_path)}",
+              flush=True)
+    report, status = _train_to_end(trainer.train, trainer, model_path, ranks)
+    if report is None:
+        return status
+    if ranks.main:
+        print(f"{report.iteration} iterations in {report.elapsed:.1f} s. Model: {model_path.resolve()}\n"
+              f"Use it: napari-semiseg predict {model_path} IMAGE --out MASK, or Load model… in the widget "
+              "(the warm start for a new case).")
     return 0
 
 
@@ -433,11 +513,13 @@ def cmd_benchmark(args) -> int:
             result = bm.run_dataset_volumes(train, test[: args.max_test] if args.max_test else test, methods,
                                             axis=args.axis, minutes=args.minutes, iterations=args.iterations,
                                             base_config=cfg, progress=True)
-        else:
-            result = bm.run_dataset(bm.load_cases(data), methods, axis=args.axis, minutes=args.minutes,
+        else:  # files, not arrays: volumes stream from disk (and under torchrun train one model on every rank)
+            result = bm.run_dataset(bm.case_files(data), methods, axis=args.axis, minutes=args.minutes,
                                     iterations=args.iterations, labeled_fraction=args.labeled_fraction,
                                     max_test=args.max_test, test_count=args.test_count, base_config=cfg,
                                     progress=True)
+        if result is None:  # another rank of a torchrun: rank 0 reports
+            return 0
         if len(result["methods"]) > 1:
             result["paired"] = bm.paired_against(bm.dataset_per_volume_dice(result))
         _print_dataset(result)
@@ -540,7 +622,8 @@ def _print_dataset(result: dict) -> None:
         for which in ("teacher", "student"):
             mean = r[which]["mean"]
             print(f"{m:>14} {which:>7}: Dice {mean['dice']:.4f} Jaccard {mean['jaccard']:.4f} "
-                  f"HD95 {mean['hd95']:.2f} ASD {mean['asd']:.2f}  ({r['iterations']} it, {r['seconds']} s)")
+                  f"HD95 {mean['hd95']:.2f} ASD {mean['asd']:.2f}  ({r['iterations']} it, {r['seconds']} s"
+                  f"{', world size %d' % r['ranks'] if r.get('ranks', 1) > 1 else ''})")
 
 
 def _json_default(o):

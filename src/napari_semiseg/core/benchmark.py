@@ -15,6 +15,7 @@ from .interpolation import interpolate_labels
 from .io import (NIFTI_SUFFIXES, PHOTO_SUFFIXES, READ_SUFFIXES, TIFF_SUFFIXES, InputError, read_h5, read_image,
                  read_labels, read_ssl4mis_split, stem_of, suffix_of)
 from .metrics import mean_metrics, per_class_metrics, summarise
+from .streaming import StreamedDataSet
 from .trainer import LabelUpdate, TrainConfig, Trainer
 from .variants import config_for, parse_variant
 from .volume import Volume, labels_on_slices
@@ -40,7 +41,30 @@ class Case:
 FIRST_OBSERVER, SECOND_OBSERVER = "_1stHO", "_2ndHO"
 
 
+@dataclass(frozen=True)
+class CaseFiles:
+    """Where a case lies on disk; ``read()`` loads it."""
+
+    name: str
+    image: Path
+    labels: Path
+    second_observer: Path | None = None
+
+    def read(self) -> Case:
+        img = read_image(self.image, as_labels=False)
+        labels = read_labels(self.labels)
+        if labels.data.shape != img.spatial_shape:
+            raise InputError(f"{self.image.name} {img.spatial_shape} and its labels {labels.data.shape} differ in shape.")
+        second = read_labels(self.second_observer).data if self.second_observer is not None else None
+        return Case(self.name, img.data, labels.data, img.rgb, img.source.spacing, second)
+
+
 def load_cases(data: str | os.PathLike) -> list[Case]:
+    """A folder of ``images/`` and matching label maps, sorted by name (see ``case_files``)."""
+    return [f.read() for f in case_files(data)]
+
+
+def case_files(data: str | os.PathLike) -> list[CaseFiles]:
     """A folder of ``images/`` and matching label maps, sorted by name.
 
     Label maps are in ``labels/`` (or ``manual/``) under the image's name, or under the name plus
@@ -63,13 +87,7 @@ def load_cases(data: str | os.PathLike) -> list[Case]:
         lab = by_stem.get(stem) or by_stem.get(stem + FIRST_OBSERVER)
         if lab is None:
             raise InputError(f"{p.name} has no label map of the same name in {lab_dir}.")
-        img = read_image(p, as_labels=False)
-        labels = read_labels(lab)
-        if labels.data.shape != img.spatial_shape:
-            raise InputError(f"{p.name} {img.spatial_shape} and its labels {labels.data.shape} differ in shape.")
-        second = by_stem.get(stem + SECOND_OBSERVER)
-        cases.append(Case(stem, img.data, labels.data, img.rgb, img.source.spacing,
-                          read_labels(second).data if second is not None else None))
+        cases.append(CaseFiles(stem, p, lab, by_stem.get(stem + SECOND_OBSERVER)))
     if not cases:
         raise InputError(f"No image in {img_dir}.")
     return cases
@@ -345,52 +363,95 @@ def split_cases(cases: list[Case], train_fraction: float = 0.8, labeled_fraction
     return train[:n_lab], train[n_lab:], test
 
 
-def run_dataset(cases: list[Case], methods: list[str], *, axis: int = 0, labeled_fraction: float = 0.1,
-                train_fraction: float = 0.8, max_test: int | None = None, test_count: int | None = None,
-                **kwargs) -> dict:
-    """Sorted cases: the first 80 % train (10 % of those labeled, the rest unlabeled), the rest test."""
+def run_dataset(cases: list[Case] | list[CaseFiles], methods: list[str], *, axis: int = 0,
+                labeled_fraction: float = 0.1, train_fraction: float = 0.8, max_test: int | None = None,
+                test_count: int | None = None, **kwargs) -> dict:
+    """Sorted cases: the first 80 % train (10 % of those labeled, the rest unlabeled), the rest test.
+
+    Cases given as files (``case_files``) are streamed from disk when every one is NIfTI, TIFF,
+    HDF5 or zarr (training reads patches lazily; test cases are read one at a time), which is also
+    what lets torchrun train one model on several processes; photographs are loaded."""
     labeled, unlabeled, test = split_cases(cases, train_fraction, labeled_fraction, test_count)
-    vols = [Volume(c.image, c.labels, set(range(c.labels.shape[axis] if c.labels.ndim == 3 else 1)),
-                   axis=axis, channels=c.channels, name=c.name) for c in labeled]
-    vols += [Volume(c.image, None, set(), axis=axis, channels=c.channels, name=c.name) for c in unlabeled]
-    out = run_dataset_volumes(vols, test[:max_test] if max_test else test, methods, axis=axis, **kwargs)
-    out["labeled"] = [c.name for c in labeled]
+    test = test[:max_test] if max_test else test
+    if cases and isinstance(cases[0], CaseFiles):
+        train = streamed_training_set(labeled, unlabeled, axis)
+        if train is None:
+            labeled, unlabeled, test = ([c.read() for c in part] for part in (labeled, unlabeled, test))
+    if not cases or isinstance(labeled[0], Case):
+        train = [Volume(c.image, c.labels, set(range(c.labels.shape[axis] if c.labels.ndim == 3 else 1)),
+                        axis=axis, channels=c.channels, name=c.name) for c in labeled]
+        train += [Volume(c.image, None, set(), axis=axis, channels=c.channels, name=c.name) for c in unlabeled]
+    out = run_dataset_volumes(train, test, methods, axis=axis, **kwargs)
+    if out is not None:  # rank 0 (or the only one)
+        out["labeled"] = [c.name for c in labeled]
     return out
 
 
-def run_dataset_volumes(train: list[Volume], test: list[Case], methods: list[str], *, axis: int = 0,
-                        minutes: float | None = 10.0, iterations: int | None = None,
-                        base_config: TrainConfig | None = None, progress=None) -> dict:
-    """Train each method on the same volumes and budget; metrics of teacher and student on ``test``."""
-    classes = sorted({int(c) for case in test for c in np.unique(case.labels) if c != 0})
-    out = {"n_train_volumes": len(train), "n_labeled_volumes": sum(1 for v in train if v.labeled),
+def streamed_training_set(labeled: list[CaseFiles], unlabeled: list[CaseFiles], axis: int):
+    """The training cases as a data set streamed from disk, or None when some cannot stream (photographs)."""
+    from .streaming import STREAM_SUFFIXES, describe, highest_class
+
+    files = [(c.image, c.labels) for c in labeled] + [(c.image, None) for c in unlabeled]
+    if not all(suffix_of(p) in STREAM_SUFFIXES or p.name.endswith(".zarr") for f in files for p in f if p):
+        return None
+    data = StreamedDataSet([describe(image, labels) for image, labels in files], axis=axis)
+    data.top_class = max(highest_class(f) for f in data.labeled)
+    return data
+
+
+def run_dataset_volumes(train: list[Volume] | StreamedDataSet, test: list[Case] | list[CaseFiles],
+                        methods: list[str], *, axis: int = 0, minutes: float | None = 10.0,
+                        iterations: int | None = None, base_config: TrainConfig | None = None,
+                        progress=None) -> dict | None:
+    """Train each method on the same data and budget; metrics of teacher and student on ``test``.
+
+    Under torchrun every rank trains the one model and scores its share of the test cases (each
+    read when its turn comes); rank 0 gathers the scores and returns the results, the others None."""
+    from . import distributed
+
+    streamed = isinstance(train, StreamedDataSet)
+    labeled_train = train.labeled if streamed else [v for v in train if v.labeled]
+    classes = list(range(1, train.top_class + 1)) if streamed else \
+        sorted({int(c) for case in test for c in np.unique(case.labels) if c != 0})
+    out = {"n_train_volumes": len(train.files) if streamed else len(train), "n_labeled_volumes": len(labeled_train),
            "test": [c.name for c in test], "classes": classes, "methods": {}}
     if all(c.second_observer is not None for c in test):  # the human ceiling on the same test images
         out["second_observer"] = summarise({c.name: per_class_metrics(c.second_observer, c.labels, classes=classes)
-                                            for c in test})
+                                            for c in map(_loaded, test)})
     cfg0 = base_config or TrainConfig()
     workdir = tempfile.TemporaryDirectory(prefix="semiseg-dataset-")
     for name in methods:
-        cfg = config_for(parse_variant(name), replace(cfg0, minutes=minutes, iterations=iterations,
-                                                      refresh_seconds=1e9, first_refresh_seconds=1e9,
-                                                      final_prediction=False),
-                         [v for v in train if v.labeled], synthetic_count(train), workdir.name)
+        variant = parse_variant(name)
+        if streamed and variant.wants_extra_unlabeled:
+            raise InputError(f"{name} writes stand-in synthetic images from the labeled volumes in memory; run it "
+                             "on a data set small enough to load (photographs, or without torchrun).")
+        cfg = config_for(variant, replace(cfg0, minutes=minutes, iterations=iterations, refresh_seconds=1e9,
+                                          first_refresh_seconds=1e9, final_prediction=False),
+                         [] if streamed else labeled_train, 0 if streamed else synthetic_count(train), workdir.name)
         t0 = time.perf_counter()
         trainer = Trainer(train, cfg)
-        last = trainer.train(progress_bar=progress is not None)
+        last = trainer.train(progress_bar=progress is not None and trainer.ranks.main)
+        ranks = trainer.ranks
         per_net = {}
         for which, net in (("teacher", trainer.method.predictor()), ("student", Predictor(trainer.method.student))):
-            per_volume = {}
-            for c in test:
+            mine = {}
+            for c in test[ranks.rank::ranks.world]:
+                c = _loaded(c)
                 v = Volume(c.image, None, set(), axis=axis if c.image.ndim - c.channels == 3 else 0,
                            channels=c.channels, name=c.name)
                 pred = predict_volume(net, v, trainer.spec, trainer.runtime).labels
-                per_volume[c.name] = per_class_metrics(pred, c.labels, classes=classes)
-            per_net[which] = summarise(per_volume)
+                mine[c.name] = per_class_metrics(pred, c.labels, classes=classes)
+            per_volume = distributed.gather_dicts(mine)
+            if ranks.main:
+                per_net[which] = summarise({c.name: per_volume[c.name] for c in test})
         out["methods"][name] = {"iterations": last.iteration, "seconds": round(time.perf_counter() - t0, 1),
-                                **per_net}
+                                "ranks": ranks.world, **per_net}
     workdir.cleanup()
-    return out
+    return out if distributed.current().main else None
+
+
+def _loaded(c: Case | CaseFiles) -> Case:
+    return c.read() if isinstance(c, CaseFiles) else c
 
 
 def load_ssl4mis(root: str | os.PathLike, labeled_slices: int) -> tuple[list[Volume], list[Case]]:

@@ -369,7 +369,7 @@ def predict_with_model(method, meta: dict, volume, device: str = "auto"):
     channels_last = channels_last_pays(dev, precision)
     if channels_last:
         method.to(memory_format=torch.channels_last)
-    patch, scale = spec_of(meta, [volume])
+    patch, scale = spec_of(meta, [volume.slice_shape])
     spec = InputSpec(patch, int(meta["context"]), scale, float(meta.get("window_overlap", 0.25)))
     return predict_volume(method.predictor(), volume, spec, Runtime(dev, precision, channels_last),
                           uncertainty_fn=method.uncertainty)

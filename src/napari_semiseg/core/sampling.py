@@ -47,7 +47,7 @@ class TwoStreamSampler:
     def __init__(self, volumes: list[Volume], patch: int, context: int, labeled_batch: int,
                  unlabeled_batch: int, seed: int = 0, augment: bool = True,
                  extra_unlabeled: list[Volume] | None = None, unlabeled_source: str = "real",
-                 scale: float = 1.0, foreground_fraction: float = 0.33):
+                 scale: float = 1.0, foreground_fraction: float = 0.33, shard: tuple[int, int] = (0, 1)):
         if unlabeled_source not in UNLABELED_SOURCES:
             raise InputError(f"Unknown unlabeled source '{unlabeled_source}': use real, extra or both.")
         extra = list(extra_unlabeled or [])
@@ -60,6 +60,7 @@ class TwoStreamSampler:
         self.labeled_batch, self.unlabeled_batch = labeled_batch, unlabeled_batch
         self.augment = augment
         self.foreground_fraction = foreground_fraction
+        self.shard = shard  # (rank, ranks): under torchrun each process draws from its own part
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.geometries = [v.geometry(scale) for v in volumes]
@@ -77,6 +78,7 @@ class TwoStreamSampler:
         if self.unlabeled_source in ("extra", "both"):
             unlabeled += [(vi, s) for vi in range(self.n_own, len(self.volumes))
                           for s in range(self.volumes[vi].n_slices)]
+        labeled, unlabeled = own_shard(labeled, *self.shard), own_shard(unlabeled, *self.shard)
         # with every slice labeled, the unlabeled stream reuses the images without their labels
         self._labeled = _Cycler(labeled, self.rng)
         self._unlabeled = _Cycler(unlabeled or labeled, self.rng)
@@ -88,30 +90,18 @@ class TwoStreamSampler:
 
     def labeled_image(self, key: tuple[int, int]) -> torch.Tensor:
         """The un-augmented network input of a labeled slice: its central patch."""
-        x = self._input(*key)
-        return _crop(x, None, *_window(x.shape[-2:], self.patch, None, self.rng, middle=True), self.patch)[0]
+        vi, s = key
+        return centre_patch(self.volumes[vi], self.geometries[vi], s, self.patch, self.context)
 
     def _input(self, vi: int, s: int) -> torch.Tensor:
-        v = self.volumes[vi]
-        x = v.context_stack(s, self.geometries[vi], self.context)
-        if self.context and not v.is_3d:  # a 2D extra image among 3D volumes: its own neighbours
-            x = x.repeat(2 * self.context + 1, 1, 1)
-        return x
+        return slice_input(self.volumes[vi], self.geometries[vi], s, self.context)
 
     def _labeled_patch(self, vi: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
-        v, geom = self.volumes[vi], self.geometries[vi]
-        x, y = self._input(vi, s), v.working_label(s, geom)
-        centre = None
-        if self.rng.random() < self.foreground_fraction:
-            fg = v.foreground(s, geom)
-            if fg:
-                pixels = fg[list(fg)[int(self.rng.integers(len(fg)))]]  # a class at random, then one of its pixels
-                centre = divmod(int(pixels[int(self.rng.integers(len(pixels)))]), x.shape[-1])
-        return _crop(x, y, *_window(x.shape[-2:], self.patch, centre, self.rng), self.patch)
+        return labeled_patch(self.volumes[vi], self.geometries[vi], s, self.patch, self.context, self.rng,
+                             self.foreground_fraction)
 
     def _unlabeled_patch(self, vi: int, s: int) -> torch.Tensor:
-        x = self._input(vi, s)
-        return _crop(x, None, *_window(x.shape[-2:], self.patch, None, self.rng), self.patch)[0]
+        return unlabeled_patch(self.volumes[vi], self.geometries[vi], s, self.patch, self.context, self.rng)
 
     def next(self, with_unlabeled: bool = True) -> Batch:
         pairs = [self._labeled_patch(vi, s) for vi, s in self._labeled.take(self.labeled_batch)]
@@ -119,11 +109,45 @@ class TwoStreamSampler:
         y_l = torch.stack([p[1] for p in pairs]).long()
         x_u = torch.stack([self._unlabeled_patch(vi, s) for vi, s in self._unlabeled.take(self.unlabeled_batch)]) \
             if self.unlabeled_batch and with_unlabeled else x_l[:0]
-        if self.augment:
-            x_l, y_l = augment_pairs(x_l, y_l, self.generator)
-            if len(x_u):
-                x_u, _ = augment_pairs(x_u, None, self.generator)
-        return Batch(x_l, y_l, x_u)
+        batch = Batch(x_l, y_l, x_u)
+        return augment_batch(batch, self.generator) if self.augment else batch
+
+
+def own_shard(items: list, rank: int, ranks: int) -> list:
+    """Every ``ranks``-th item from ``rank`` on; all of them when there are fewer items than ranks."""
+    return items[rank::ranks] if len(items) >= ranks else items
+
+
+def slice_input(v: Volume, geom, s: int, context: int) -> torch.Tensor:
+    """The network input of slice ``s``: (C * (2 context + 1), h, w) at the working resolution."""
+    x = v.context_stack(s, geom, context)
+    if context and not v.is_3d:  # a 2D image among 3D volumes: its own neighbours
+        x = x.repeat(2 * context + 1, 1, 1)
+    return x
+
+
+def labeled_patch(v: Volume, geom, s: int, patch: int, context: int, rng: np.random.Generator,
+                  foreground_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random (image, label) patch of a labeled slice; with probability ``foreground_fraction``
+    centred on a pixel of a class drawn at random."""
+    x, y = slice_input(v, geom, s, context), v.working_label(s, geom)
+    centre = None
+    if rng.random() < foreground_fraction:
+        fg = v.foreground(s, geom)
+        if fg:
+            pixels = fg[list(fg)[int(rng.integers(len(fg)))]]  # a class at random, then one of its pixels
+            centre = divmod(int(pixels[int(rng.integers(len(pixels)))]), x.shape[-1])
+    return _crop(x, y, *_window(x.shape[-2:], patch, centre, rng), patch)
+
+
+def unlabeled_patch(v: Volume, geom, s: int, patch: int, context: int, rng: np.random.Generator) -> torch.Tensor:
+    x = slice_input(v, geom, s, context)
+    return _crop(x, None, *_window(x.shape[-2:], patch, None, rng), patch)[0]
+
+
+def centre_patch(v: Volume, geom, s: int, patch: int, context: int) -> torch.Tensor:
+    x = slice_input(v, geom, s, context)
+    return _crop(x, None, *_window(x.shape[-2:], patch, None, None, middle=True), patch)[0]
 
 
 def _window(shape, patch: int, centre, rng: np.random.Generator, middle: bool = False) -> tuple[int, int]:
@@ -168,6 +192,13 @@ def _random_affines(n: int, gen: torch.Generator) -> torch.Tensor:
     theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
     theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
     return theta
+
+
+def augment_batch(batch: Batch, gen: torch.Generator) -> Batch:
+    """Both streams augmented, each patch with its own rotation (and flip)."""
+    x_l, y_l = augment_pairs(batch.x_l, batch.y_l, gen)
+    x_u = augment_pairs(batch.x_u, None, gen)[0] if len(batch.x_u) else batch.x_u
+    return Batch(x_l, y_l, x_u)
 
 
 def augment_pairs(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator):

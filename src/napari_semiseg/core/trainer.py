@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from . import distributed
 from .checkpoint import FORMAT, FolderLock, load_method, load_optimiser_state, save_model, weights_are_finite
 from .errors import InputError
 from .inference import (InputSpec, Prediction, Runtime, SlicePrediction, autocast_for, predict_some,
@@ -30,6 +31,7 @@ from .inference import (InputSpec, Prediction, Runtime, SlicePrediction, autocas
 from .methods import METHODS, build_method
 from .methods.base import TrainState
 from .sampling import TwoStreamSampler
+from .streaming import StreamedDataSet, StreamingSampler
 from .settings import check_types, require
 from .volume import Volume, choose_patch
 
@@ -68,6 +70,8 @@ class TrainConfig:
     unlabeled_dir: str | None = None  # a folder of extra unlabeled images (e.g. synthetic ones, as SRA-Seg uses)
     unlabeled_source: str = "real"  # "real": the unlabeled slices; "extra": only the folder; "both"
     checkpoint_seconds: float = 60.0  # a crash or kill loses at most this much training
+    sync_batchnorm: bool = False  # under torchrun on GPUs: batch-norm statistics over every rank's batch
+    loader_workers: int | None = None  # processes reading a streamed data set; None: 4 on a GPU, 1 on a CPU (0: none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +101,8 @@ class TrainConfig:
         require(self.refresh_budget_seconds > 0, "refresh_budget_seconds must be above 0.")
         require(0 <= self.context <= 8, f"context must be from 0 to 8 neighbouring slices, not {self.context}.")
         require(self.threads is None or self.threads >= 1, f"threads must be at least 1, not {self.threads}.")
+        require(self.loader_workers is None or 0 <= self.loader_workers <= 64,
+                f"loader_workers must be from 0 to 64, not {self.loader_workers}.")
         require(self.report_every >= 1, f"report_every must be at least 1, not {self.report_every}.")
         require(self.first_refresh_seconds >= 0 and self.refresh_seconds >= 0,
                 "refresh_seconds and first_refresh_seconds must not be negative.")
@@ -173,19 +179,46 @@ def channels_last_pays(device: torch.device, precision: str) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and precision == "bf16")
 
 
-class Trainer:
-    def __init__(self, volumes: list[Volume], config: TrainConfig | None = None, *,
-                 resume_from: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None):
+class _InMemory:
+    """What the trainer needs to know of a list of volumes (a streamed data set answers the same)."""
+
+    def __init__(self, volumes: list[Volume]):
         if not volumes:
             raise InputError("Nothing to train on: no image was given.")
-        self.volumes = volumes
-        self.config = (config or TrainConfig()).check()
-        self.out_dir = Path(out_dir) if out_dir else None
-        c = self.config
         chans = {v.n_channels for v in volumes}
         if len(chans) != 1:
             raise InputError("All images must have the same number of channels.")
-        self.device = choose_device(c.device)
+        self.volumes, self.n_channels = volumes, chans.pop()
+        self.is_3d = any(v.is_3d for v in volumes)
+        self.axis, self.normalisation = volumes[0].axis, volumes[0].normalisation
+
+    def working_shapes(self, scale: float) -> list[tuple[int, int]]:
+        return [v.geometry(scale).working for v in self.volumes]
+
+    @property
+    def top_class(self) -> int:
+        return max(max(v.classes_present()) for v in self.volumes)
+
+
+class Trainer:
+    """Trains one method on volumes in memory (the session) or on a data set streamed from disk.
+
+    Under torchrun every process builds a Trainer: one model, trained by DistributedDataParallel,
+    each rank on its own shard; only rank 0 writes checkpoints and predicts.
+    """
+
+    def __init__(self, volumes: list[Volume] | StreamedDataSet, config: TrainConfig | None = None, *,
+                 resume_from: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None):
+        self.streamed = volumes if isinstance(volumes, StreamedDataSet) else None
+        data = self.streamed or _InMemory(volumes)
+        self.volumes: list[Volume] = [] if self.streamed else volumes
+        self.config = (config or TrainConfig()).check()
+        c = self.config
+        self.ranks = distributed.start(c.device)
+        self.out_dir = Path(out_dir) if out_dir and self.ranks.main else None  # rank 0 alone writes
+        self.data = data
+        self.device = distributed.device_of(self.ranks, choose_device(c.device))
+        distributed.check_sync_batchnorm(c.sync_batchnorm, self.device)
         self.precision = resolve_precision(c.precision, self.device)
         self.channels_last = c.channels_last if c.channels_last is not None else channels_last_pays(
             self.device, self.precision)
@@ -199,23 +232,29 @@ class Trainer:
             self.method, meta = load_method(resume_from, user_settings=c.method_settings)
             if meta["method"] != c.method:
                 raise InputError(f"The saved model was trained with {meta['method']}, not {c.method}.")
-            self.patch, self.scale = spec_of(meta, volumes)
+            self.patch, self.scale = spec_of(meta, data.working_shapes(1.0))
             self.context = int(meta["context"])
             self.n_classes = int(meta["n_classes"])
             self.iteration = int(meta.get("iteration", 0))
         else:
-            self.context = c.context if any(v.is_3d for v in volumes) else 0
+            self.context = c.context if data.is_3d else 0
             self.scale = c.scale
-            self.patch = choose_patch([v.geometry(c.scale).working for v in volumes], c.patch_size, self.device.type)
-            top = max(max(v.classes_present()) for v in volumes)
+            self.patch = choose_patch(data.working_shapes(c.scale), c.patch_size, self.device.type)
+            top = data.top_class
             _check_label_range(top)
             self.n_classes = max(2, top + 1)
-            in_ch = volumes[0].n_channels * (2 * self.context + 1)
+            in_ch = data.n_channels * (2 * self.context + 1)
             self.method = build_method(c.method, in_ch, self.n_classes, c.method_settings)
         self._check_labels_fit()
         self.method.to(self.device)
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
+        # the same initial weights everywhere (DDP also broadcasts rank 0's); each rank its own noise
+        rank = self.ranks.rank
+        if rank:
+            _seed_everything(c.seed + 7919 * rank)
+        self._forward = distributed.wrap(self.method, self.device, c.sync_batchnorm) \
+            if self.ranks.distributed else self.method.training_step
         self.optimiser = self._make_optimiser()
         if resume_from is not None:
             opt_state = load_optimiser_state(resume_from)
@@ -230,14 +269,24 @@ class Trainer:
         batch = c.batch_size or (8 if self.device.type == "cpu" else 16)
         labeled = min(c.labeled_batch or max(1, batch // 2), batch)
         unl_batch = batch - labeled if c.method != "supervised" else 0
-        extra = read_unlabeled_folder(c.unlabeled_dir, volumes[0]) if c.unlabeled_dir else []
-        self.sampler = TwoStreamSampler(volumes, self.patch, self.context, labeled, unl_batch,
-                                        seed=c.seed, augment=c.augment, extra_unlabeled=extra,
-                                        unlabeled_source=c.unlabeled_source, scale=self.scale,
-                                        foreground_fraction=c.foreground_fraction)
+        shard = (rank, self.ranks.world)
+        if self.streamed is not None:
+            if c.unlabeled_dir:
+                raise InputError("A streamed data set takes its unlabeled images from its own folder: put them "
+                                 "in images/ without a label map instead of giving unlabeled_dir.")
+            workers = c.loader_workers if c.loader_workers is not None else (4 if self.device.type == "cuda" else 1)
+            self.sampler = StreamingSampler(self.streamed, self.patch, self.context, labeled, unl_batch,
+                                            seed=c.seed + 7919 * rank, augment=c.augment, scale=self.scale,
+                                            foreground_fraction=c.foreground_fraction, shard=shard, workers=workers)
+        else:
+            extra = read_unlabeled_folder(c.unlabeled_dir, volumes[0]) if c.unlabeled_dir else []
+            self.sampler = TwoStreamSampler(volumes, self.patch, self.context, labeled, unl_batch,
+                                            seed=c.seed + 7919 * rank, augment=c.augment, extra_unlabeled=extra,
+                                            unlabeled_source=c.unlabeled_source, scale=self.scale,
+                                            foreground_fraction=c.foreground_fraction, shard=shard)
         self.spec = InputSpec(self.patch, self.context, self.scale, c.window_overlap)
         self.runtime = Runtime(self.device, self.precision, self.channels_last)
-        self.focus: tuple[int, int] = (0, volumes[0].n_slices // 2)
+        self.focus: tuple[int, int] = (0, self.volumes[0].n_slices // 2 if self.volumes else 0)
         self._sweep_next = 0
         self.method.bind_labeled_bank(self.sampler)
         # the model folder is this run's alone until it ends: a second training into it is refused now
@@ -359,7 +408,7 @@ class Trainer:
             g["lr"] = self._lr(progress)
         self.method.train()
         with autocast_for(self.device, self.precision):
-            losses = self.method.training_step(batch, state)
+            losses = self._forward(batch, state)  # through DDP's forward under torchrun: its hooks all-reduce
         loss = losses["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"The loss became {loss.item()} at iteration {self.iteration}: "
@@ -368,6 +417,8 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimiser)
         self.scaler.update()
+        if self.ranks.distributed:  # batch-norm statistics too: the EMA teacher must stay identical
+            distributed.average_buffers(self.method)
         self.method.after_step(state)
         self.iteration += 1
         return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items()}
@@ -397,18 +448,27 @@ class Trainer:
                 continue
             elapsed = time.perf_counter() - t0 - paused_time
             progress = self._progress(start_iter, elapsed)
-            if self._stop.is_set() or (progress is not None and progress >= 1.0):
-                break
-            self._apply_pending()
-            losses = self.step(progress)
-            window_n += self.sampler.labeled_batch + self.sampler.unlabeled_batch
+            stop = self._stop.is_set() or (progress is not None and progress >= 1.0)
+            try:
+                if self.ranks.distributed:  # rank 0's clock for all: the same steps and schedule everywhere
+                    progress, stop = distributed.agree(progress, stop)
+                if stop:
+                    break
+                self._apply_pending()
+                losses = self.step(progress)
+            except RuntimeError as err:
+                if self.ranks.distributed and distributed.is_peer_failure(err):
+                    raise distributed.PeerLost(self._peer_lost_message()) from None
+                raise
+            window_n += (self.sampler.labeled_batch + self.sampler.unlabeled_batch) * self.ranks.world
             now = time.perf_counter()
             if now - window_t >= 1.0:
                 rate = window_n / (now - window_t)
                 window_t, window_n = now, 0
             elapsed = now - t0 - paused_time
-            due = (last_refresh is None and elapsed >= c.first_refresh_seconds) or (
-                last_refresh is not None and now - last_refresh >= c.refresh_seconds)
+            due = bool(self.volumes) and not self.ranks.distributed and (
+                (last_refresh is None and elapsed >= c.first_refresh_seconds) or (
+                    last_refresh is not None and now - last_refresh >= c.refresh_seconds))
             checkpoint = None
             if self.out_dir and now - last_checkpoint >= c.checkpoint_seconds:
                 checkpoint = str(self.save(self.out_dir))
@@ -422,8 +482,9 @@ class Trainer:
                              self._progress(start_iter, elapsed), slices=live, checkpoint=checkpoint)
         elapsed = time.perf_counter() - t0 - paused_time
         checkpoint = str(self.save(self.out_dir)) if self.out_dir else None
+        final = c.final_prediction and self.volumes and self.ranks.main
         yield Report(self.iteration, losses, self._lr(1.0), rate, elapsed, self._progress(start_iter, elapsed),
-                     self.predict() if c.final_prediction else None, finished=True, checkpoint=checkpoint)
+                     self.predict() if final else None, finished=True, checkpoint=checkpoint)
 
     def train(self, progress_bar: bool = False) -> Report:
         """Run to the end without a GUI; return the final report."""
@@ -439,8 +500,15 @@ class Trainer:
         return last
 
     # ---- persistence
+    def _peer_lost_message(self) -> str:
+        saved = (f"the last checkpoint, {self.last_checkpoint[0]} (iteration {self.last_checkpoint[1]}), is complete: "
+                 f"continue with --resume {self.last_checkpoint[0]}") if self.last_checkpoint else \
+            "no checkpoint was written yet" if self.ranks.main else "rank 0 holds the last checkpoint"
+        return (f"Another training process of this run stopped (killed, crashed or out of memory) at iteration "
+                f"{self.iteration}; {saved}.")
+
     def metadata(self) -> dict:
-        v0 = self.volumes[0]
+        d = self.data
         return {
             "format": FORMAT,
             "version": __version__,
@@ -448,14 +516,14 @@ class Trainer:
             "method_settings": asdict(self.method.settings),
             "n_classes": self.n_classes,
             "in_channels": self.method.in_channels,
-            "image_channels": v0.n_channels,
+            "image_channels": d.n_channels,
             "context": self.context,
             "canvas": self.patch,  # the name older versions read
             "patch": self.patch,
             "scale": self.scale,
             "window_overlap": self.config.window_overlap,
-            "axis": v0.axis,
-            "normalisation": v0.normalisation.to_dict(),
+            "axis": d.axis,
+            "normalisation": d.normalisation.to_dict(),
             "iteration": self.iteration,
             "train_config": self.config.to_dict(),
         }
@@ -475,15 +543,17 @@ class Trainer:
         """Give the model folder back to other writers (the run ended, however it ended)."""
         if self._folder_lock is not None:
             self._folder_lock.release()
+        if self.streamed is not None:
+            self.sampler.close()
 
 
-def spec_of(meta: dict, volumes) -> tuple[int, float]:
+def spec_of(meta: dict, slice_shapes) -> tuple[int, float]:
     """Patch side and working scale of a saved model. Models saved before native-resolution training
     squeezed each slice onto one canvas: their scale is what that squeeze was."""
     patch = int(meta.get("patch", meta["canvas"]))
     if "scale" in meta:
         return patch, float(meta["scale"])
-    largest = max(max(v.slice_shape) for v in volumes)
+    largest = max(max(s) for s in slice_shapes)
     return patch, min(1.0, patch / largest)
 
 

@@ -109,6 +109,9 @@ class Volume:
     channels: bool = False
     normalisation: Normalisation = field(default_factory=Normalisation)
     name: str = "volume"
+    # (channels, 2) values mapped to 0 and 1, when already known (a streamed file opened again)
+    intensity_bounds: np.ndarray | None = None
+    cache_bytes: int = 64 << 20  # working slices kept (a streamed file, read once per patch, needs few)
 
     def __post_init__(self):
         spatial = self.image.ndim - (1 if self.channels else 0)
@@ -125,13 +128,14 @@ class Volume:
         bad = [i for i in self.labeled if not 0 <= i < self.n_slices]
         if bad:
             raise InputError(f"Labeled slice {bad[0]} is outside the volume (0 to {self.n_slices - 1}).")
-        self._bounds = self.normalisation.bounds(_intensity_sample(self.image, self.channels),
-                                                 -1 if self.channels else None)
+        self._bounds = self.intensity_bounds if self.intensity_bounds is not None else self.normalisation.bounds(
+            _intensity_sample(self.image, self.channels), -1 if self.channels else None)
+        self.intensity_bounds = self._bounds
         if not np.all(np.isfinite(self._bounds)):
             raise InputError("The intensity window is not finite: give finite normalisation bounds.")
         self.non_finite_voxels = count_non_finite(self.image)
         slice_bytes = int(np.prod(self.slice_shape)) * self.n_channels * 4
-        self._cache = _SliceCache(max(64 << 20, 4 * slice_bytes))  # a photograph's own slice must stay in
+        self._cache = _SliceCache(max(self.cache_bytes, 4 * slice_bytes))  # a photograph's own slice must stay in
 
     # ---- shape
     @property

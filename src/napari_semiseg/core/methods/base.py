@@ -98,6 +98,9 @@ class Method(nn.Module):
     def trainable_parameters(self):
         return self.student.parameters()
 
+    # Whether some trainable parameters sit out some steps (DDP must then look for them every step).
+    skips_parameters = False
+
     # Whether a step without unlabeled patches (every slice labeled) is still this method: the mean
     # teacher's is its supervised part; methods built on mixing or pairing unlabeled images keep theirs.
     learns_without_unlabeled = False
@@ -109,6 +112,10 @@ class Method(nn.Module):
     def training_step(self, batch: Batch, state: TrainState) -> dict[str, torch.Tensor]:
         """The step's losses ("loss" is optimised; the others are reported)."""
         return self.step_with_features(batch, state)[0]
+
+    def forward(self, batch: Batch, state: TrainState) -> dict[str, torch.Tensor]:
+        """One training step: what DistributedDataParallel calls, so that its gradient hooks run."""
+        return self.training_step(batch, state)
 
     def step_with_features(self, batch: Batch, state: TrainState) -> tuple[dict[str, torch.Tensor], StepFeatures]:
         """The step's losses and the decoder features a loss acting on this method's features needs

@@ -214,6 +214,7 @@ class SRASeg(BCP):
 
     name = "sra-seg"
     Settings = SRASegSettings
+    skips_parameters = True  # the projection head learns only in the alignment phase
 
     def __init__(self, in_channels, n_classes, settings=None):
         super().__init__(in_channels, n_classes, settings)

@@ -51,9 +51,14 @@ class MeanTeacher(TeacherMixin, Method):
         self._make_teacher()
         # not saved: a resumed model re-measures its agreement, which a trained one passes in a few steps
         self.warmed_up = self.settings.warmup == "none"
-        self.agreement = 0.0  # running Dice of the student on the labeled patches
+        # running Dice of the student on the labeled patches; buffers (unsaved) so that the ranks of a
+        # torchrun average them after each step and take the warm-up decision together
+        self.register_buffer("agreement", torch.zeros(()), persistent=False)
         self._warm_end: tuple[int, float] = (0, 0.0)  # (iteration, progress) where the warm-up ended
-        self._class_freq = self._teacher_freq = None  # running class frequencies (distribution alignment)
+        # running class frequencies (distribution alignment)
+        self.register_buffer("_class_freq", torch.zeros(n_classes), persistent=False)
+        self.register_buffer("_teacher_freq", torch.zeros(n_classes), persistent=False)
+        self._aligned_once = False
 
     learns_without_unlabeled = True
 
@@ -61,7 +66,7 @@ class MeanTeacher(TeacherMixin, Method):
         if self.warmed_up:
             return True
         s = self.settings
-        done = (state.iteration >= MIN_RAMP_ITERATIONS and self.agreement >= s.warmup_agreement) or \
+        done = (state.iteration >= MIN_RAMP_ITERATIONS and float(self.agreement) >= s.warmup_agreement) or \
             not state.within(s.warmup_fraction, s.warmup_iterations)
         if done:
             self.warmed_up = True
@@ -76,11 +81,13 @@ class MeanTeacher(TeacherMixin, Method):
         freq = torch.bincount(y_l.flatten(), minlength=self.n_classes).float()[: self.n_classes]
         freq = freq / freq.sum()
         mean_t = target.mean((0, 2, 3))
-        if self._class_freq is None:
-            self._class_freq, self._teacher_freq = freq, mean_t
+        if not self._aligned_once:
+            self._class_freq.copy_(freq)
+            self._teacher_freq.copy_(mean_t)
+            self._aligned_once = True
         else:
-            self._class_freq = 0.99 * self._class_freq + 0.01 * freq
-            self._teacher_freq = 0.99 * self._teacher_freq + 0.01 * mean_t
+            self._class_freq.mul_(0.99).add_(0.01 * freq.to(self._class_freq))
+            self._teacher_freq.mul_(0.99).add_(0.01 * mean_t.to(self._teacher_freq))
         ratio = (self._class_freq + 1e-6) / (self._teacher_freq + 1e-6)
         out = target * ratio[None, :, None, None]
         return out / out.sum(1, keepdim=True)
@@ -100,9 +107,9 @@ class MeanTeacher(TeacherMixin, Method):
         if not self.needs_unlabeled(state) or not len(batch.x_u):  # warming up, or nothing unlabeled:
             # exactly supervised training
             logits_l = self.student(batch.x_l)
-            self.agreement = 0.9 * self.agreement + 0.1 * labeled_agreement(logits_l, batch.y_l)
+            self.agreement.mul_(0.9).add_(0.1 * labeled_agreement(logits_l, batch.y_l))
             sup = supervised_loss(logits_l, batch.y_l)
-            return {"loss": sup, "supervised": sup.detach(), "agreement": torch.tensor(self.agreement)}, StepFeatures()
+            return {"loss": sup, "supervised": sup.detach(), "agreement": self.agreement.clone()}, StepFeatures()
         # each stream through its own forward pass: one forward over both lets batch-norm statistics
         # tell the few labeled slices apart from the rest (hippocampus, 3 labeled slices: the
         # unlabeled-slice Dice fell from 0.70 to 0.23 at 400 iterations)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from .base import Batch, Method, MethodSettings, StepFeatures, TrainState, check_choice
 
 DIRECTIONS = ("student-to-teacher", "teacher-to-student")
@@ -44,14 +45,22 @@ class ClassStatistics(nn.Module):
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """features (N, D), labels (N,)."""
-        features = features.float()
-        for c in labels.unique().tolist():
-            f = features[labels == c]
-            n = f.shape[0]
-            m = f.mean(0)
-            centred = f - m
-            cov = centred.T @ centred / n
+        """features (N, D), labels (N,). Under torchrun the batch's per-class sums are added over every
+        rank first, so each rank updates with the statistics of the whole global batch (and all agree)."""
+        n_classes, dim = self.mean.shape
+        f = features.double()
+        onehot = torch.nn.functional.one_hot(labels.long(), n_classes).double()  # (N, C)
+        sums = torch.cat([onehot.sum(0), (onehot.T @ f).reshape(-1),
+                          torch.einsum("nc,nd,ne->cde", onehot, f, f).reshape(-1)])
+        sums = distributed.sum_(sums)
+        counts = sums[:n_classes]
+        firsts = sums[n_classes:n_classes + n_classes * dim].reshape(n_classes, dim)
+        seconds = sums[n_classes + n_classes * dim:].reshape(n_classes, dim, dim)
+        for c in torch.nonzero(counts).flatten().tolist():
+            n = counts[c]
+            m = firsts[c] / n
+            cov = (seconds[c] / n - torch.outer(m, m)).to(self.cov.dtype)
+            m, n = m.to(self.mean.dtype), float(n)
             if self.count[c] == 0:
                 self.mean[c], self.cov[c] = m, cov
             elif self.momentum is None:
@@ -114,6 +123,10 @@ class TransMedSegSettings(MethodSettings):
 class TransMedSeg(Method):
     name = "transmedseg"
     Settings = TransMedSegSettings
+
+    @property
+    def skips_parameters(self) -> bool:
+        return self.base.skips_parameters
 
     def __init__(self, in_channels, n_classes, settings=None):
         nn.Module.__init__(self)
