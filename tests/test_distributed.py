@@ -54,7 +54,7 @@ def test_two_ranks_with_half_batches_give_the_gradients_of_one_rank_with_the_who
     assert any(g.abs().max() > 1e-6 for g in whole.values())
 
 
-@pytest.mark.parametrize("method,precision", [("mean-teacher", "bf16"), ("transmedseg", "fp32")])
+@pytest.mark.parametrize("method,precision", [("mean-teacher", "bf16"), ("transmedseg", "fp32"), ("bcp", "fp16")])
 def test_student_teacher_and_running_statistics_stay_identical_on_every_rank(tmp_path, method, precision):
     run(torchrun(WORKER, "state", tmp_path, method, precision, extra=standalone(2)))
     a, b = (torch.load(tmp_path / f"state_{method}_rank{r}.pt") for r in (0, 1))
