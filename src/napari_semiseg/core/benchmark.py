@@ -369,12 +369,14 @@ def run_dataset(cases: list[Case] | list[CaseFiles], methods: list[str], *, axis
     """Sorted cases: the first 80 % train (10 % of those labeled, the rest unlabeled), the rest test.
 
     Cases given as files (``case_files``) are streamed from disk when every one is NIfTI, TIFF,
-    HDF5 or zarr (training reads patches lazily; test cases are read one at a time), which is also
-    what lets torchrun train one model on several processes; photographs are loaded."""
+    HDF5 or zarr (training reads patches lazily; test cases are read one at a time); photographs,
+    and runs of variants that write stand-in synthetic images, are loaded."""
     labeled, unlabeled, test = split_cases(cases, train_fraction, labeled_fraction, test_count)
     test = test[:max_test] if max_test else test
+    # stand-in synthetic images are written from labeled volumes in memory: such variants load the data set
+    synthetic = any(parse_variant(m).wants_extra_unlabeled for m in methods)
     if cases and isinstance(cases[0], CaseFiles):
-        train = streamed_training_set(labeled, unlabeled, axis)
+        train = None if synthetic else streamed_training_set(labeled, unlabeled, axis)
         if train is None:
             labeled, unlabeled, test = ([c.read() for c in part] for part in (labeled, unlabeled, test))
     if not cases or isinstance(labeled[0], Case):
@@ -421,11 +423,7 @@ def run_dataset_volumes(train: list[Volume] | StreamedDataSet, test: list[Case] 
     cfg0 = base_config or TrainConfig()
     workdir = tempfile.TemporaryDirectory(prefix="semiseg-dataset-")
     for name in methods:
-        variant = parse_variant(name)
-        if streamed and variant.wants_extra_unlabeled:
-            raise InputError(f"{name} writes stand-in synthetic images from the labeled volumes in memory; run it "
-                             "on a data set small enough to load (photographs, or without torchrun).")
-        cfg = config_for(variant, replace(cfg0, minutes=minutes, iterations=iterations, refresh_seconds=1e9,
+        cfg = config_for(parse_variant(name), replace(cfg0, minutes=minutes, iterations=iterations, refresh_seconds=1e9,
                                           first_refresh_seconds=1e9, final_prediction=False),
                          [] if streamed else labeled_train, 0 if streamed else synthetic_count(train), workdir.name)
         t0 = time.perf_counter()
