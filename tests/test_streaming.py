@@ -140,3 +140,27 @@ def test_a_volume_damaged_past_its_header_is_one_sentence_naming_it_when_streami
         Trainer(data, cfg).train()
     text = str(err.value)
     assert "e.nii" in text and "damaged or truncated" in text and "Traceback" not in text and "\n" not in text
+
+
+def test_the_dataset_protocol_streams_volumes_and_loads_them_for_a_synthetic_variant(tmp_path):
+    """Files stream; a variant that writes stand-in synthetic images from the labeled volumes gets them loaded."""
+    from napari_semiseg.core import benchmark as bm
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        lab = np.zeros((30, 34, 5), np.uint8)
+        lab[6:20, 8:24] = 1
+        nib.save(nib.Nifti1Image((rng.normal(0, 1, lab.shape) + 2 * lab).astype(np.float32), np.eye(4)),
+                 root / "images" / f"c{i}.nii.gz")
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), root / "labels" / f"c{i}.nii.gz")
+    cfg = TrainConfig(patch_size=32, batch_size=2, threads=1, loader_workers=0)
+    files = bm.case_files(root)
+    out = bm.run_dataset(files, ["supervised"], labeled_fraction=0.5, test_count=1, iterations=2, base_config=cfg)
+    assert out["streamed"] and out["test"] == ["c3"] and out["classes"] == [1] and out["n_train_volumes"] == 3
+    assert 0.0 <= out["methods"]["supervised"]["teacher"]["mean"]["dice"] <= 1.0
+    out = bm.run_dataset(files, ["mean-teacher[unlabeled_source=extra]"], labeled_fraction=0.5, test_count=1,
+                         iterations=2, base_config=cfg)
+    assert not out["streamed"] and out["n_train_volumes"] == 3

@@ -416,7 +416,7 @@ def run_dataset_volumes(train: list[Volume] | StreamedDataSet, test: list[Case] 
     classes = list(range(1, train.top_class + 1)) if streamed else \
         sorted({int(c) for case in test for c in np.unique(case.labels) if c != 0})
     out = {"n_train_volumes": len(train.files) if streamed else len(train), "n_labeled_volumes": len(labeled_train),
-           "test": [c.name for c in test], "classes": classes, "methods": {}}
+           "test": [c.name for c in test], "classes": classes, "streamed": streamed, "methods": {}}
     if all(c.second_observer is not None for c in test):  # the human ceiling on the same test images
         out["second_observer"] = summarise({c.name: per_class_metrics(c.second_observer, c.labels, classes=classes)
                                             for c in map(_loaded, test)})
