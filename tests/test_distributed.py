@@ -31,7 +31,7 @@ def torchrun(*args, nproc: int = 2, extra=()) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *extra, *map(str, args)]
 
 
-def standalone(nproc: int) -> list[str]:
+def standalone() -> list[str]:
     return ["--master_addr=127.0.0.1", f"--master_port={free_port()}", "--nnodes=1"]
 
 
@@ -43,7 +43,7 @@ def run(cmd, timeout=240) -> subprocess.CompletedProcess:
 
 def test_two_ranks_with_half_batches_give_the_gradients_of_one_rank_with_the_whole_batch(tmp_path):
     for n in (1, 2):
-        run(torchrun(WORKER, "grads", tmp_path, nproc=n, extra=standalone(n)))
+        run(torchrun(WORKER, "grads", tmp_path, nproc=n, extra=standalone()))
     whole = torch.load(tmp_path / "grads_world1_rank0.pt")
     halves = [torch.load(tmp_path / f"grads_world2_rank{r}.pt") for r in (0, 1)]
     assert whole.keys() == halves[0].keys()
@@ -56,7 +56,7 @@ def test_two_ranks_with_half_batches_give_the_gradients_of_one_rank_with_the_who
 
 @pytest.mark.parametrize("method,precision", [("mean-teacher", "bf16"), ("transmedseg", "fp32"), ("bcp", "fp16")])
 def test_student_teacher_and_running_statistics_stay_identical_on_every_rank(tmp_path, method, precision):
-    run(torchrun(WORKER, "state", tmp_path, method, precision, extra=standalone(2)))
+    run(torchrun(WORKER, "state", tmp_path, method, precision, extra=standalone()))
     a, b = (torch.load(tmp_path / f"state_{method}_rank{r}.pt") for r in (0, 1))
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
@@ -129,7 +129,7 @@ def test_killing_one_rank_ends_the_run_with_one_clear_sentence_and_a_usable_chec
     out = tmp_path / "run"
     cmd = torchrun("-m", "napari_semiseg", "train", data, "--out", out, "--minutes", "5", "--threads", "1",
                    "--set", "checkpoint_seconds=0.5", "--set", "batch_size=4", "--set", "patch_size=32",
-                   extra=standalone(2))
+                   extra=standalone())
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     try:
         deadline = time.time() + 120
@@ -162,7 +162,7 @@ def test_the_dataset_benchmark_trains_one_model_on_two_ranks_and_scores_every_te
     data = write_data_set(tmp_path / "data", n=5, labeled=5)
     out = run(torchrun("-m", "napari_semiseg", "benchmark", data, "--protocol", "dataset", "--methods", "supervised",
                        "--iterations", "4", "--threads", "1", "--test-count", "2", "--labeled-fraction", "0.5",
-                       "--set", "patch_size=32", "--json", tmp_path / "r.json", extra=standalone(2)))
+                       "--set", "patch_size=32", "--json", tmp_path / "r.json", extra=standalone()))
     result = json.loads((tmp_path / "r.json").read_text())
     sup = result["methods"]["supervised"]
     assert sup["ranks"] == 2 and sup["iterations"] == 4
@@ -173,7 +173,7 @@ def test_the_dataset_benchmark_trains_one_model_on_two_ranks_and_scores_every_te
 def test_sync_batchnorm_on_cpu_processes_is_refused_in_one_sentence(tmp_path):
     data = write_data_set(tmp_path / "data")
     cmd = torchrun("-m", "napari_semiseg", "train", data, "--out", tmp_path / "o", "--iterations", "2",
-                   "--set", "sync_batchnorm=true", extra=standalone(2))
+                   "--set", "sync_batchnorm=true", extra=standalone())
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV)
     assert out.returncode != 0
     assert "napari-semiseg: error: sync_batchnorm needs GPUs (NCCL)" in out.stderr

@@ -3,7 +3,6 @@ bad bodies, a whole remote session, a dropped connection, and the server killed 
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from napari_semiseg.core.errors import InputError
 from napari_semiseg.core.remote_session import RemoteSession, ServerLost
 from napari_semiseg.core.trainer import LabelUpdate
 from napari_semiseg.core.wire import pack
+from test_distributed import free_port
 from test_engine import fast_config
 from test_process_session import volume_args
 
@@ -24,10 +24,7 @@ TOKENS = ("token-of-a", "token-of-b")
 
 
 def start_server(max_upload_mb=20, port=None):
-    if port is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    port = free_port() if port is None else port
     proc = subprocess.Popen([sys.executable, "-m", "napari_semiseg", "serve", "--port", str(port),
                              "--token", TOKENS[0], "--token", TOKENS[1], "--max-upload-mb", str(max_upload_mb)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

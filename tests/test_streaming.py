@@ -127,6 +127,10 @@ def test_a_folder_without_label_maps_or_images_is_one_sentence(tmp_path):
         scan_folder(tmp_path)
     with pytest.raises(InputError, match="images/"):
         scan_folder(tmp_path / "images")
+    (tmp_path / "labels").mkdir()
+    nib.save(nib.Nifti1Image(np.full(volume().shape, 0.5, np.float32), np.eye(4)), tmp_path / "labels" / "x.nii.gz")
+    with pytest.raises(InputError, match="x.nii.gz holds non-integer values"):  # checked as any label map is
+        scan_folder(tmp_path)
 
 
 def test_a_volume_damaged_past_its_header_is_one_sentence_naming_it_when_streaming_reaches_it(tmp_path):

@@ -375,11 +375,13 @@ def run_dataset(cases: list[Case] | list[CaseFiles], methods: list[str], *, axis
     test = test[:max_test] if max_test else test
     # stand-in synthetic images are written from labeled volumes in memory: such variants load the data set
     synthetic = any(parse_variant(m).wants_extra_unlabeled for m in methods)
-    if cases and isinstance(cases[0], CaseFiles):
-        train = None if synthetic else streamed_training_set(labeled, unlabeled, axis)
+    train = None
+    if isinstance(cases[0], CaseFiles):
+        if not synthetic:
+            train = streamed_training_set(labeled, unlabeled, axis)
         if train is None:
             labeled, unlabeled, test = ([c.read() for c in part] for part in (labeled, unlabeled, test))
-    if not cases or isinstance(labeled[0], Case):
+    if train is None:
         train = [Volume(c.image, c.labels, set(range(c.labels.shape[axis] if c.labels.ndim == 3 else 1)),
                         axis=axis, channels=c.channels, name=c.name) for c in labeled]
         train += [Volume(c.image, None, set(), axis=axis, channels=c.channels, name=c.name) for c in unlabeled]
@@ -391,14 +393,12 @@ def run_dataset(cases: list[Case] | list[CaseFiles], methods: list[str], *, axis
 
 def streamed_training_set(labeled: list[CaseFiles], unlabeled: list[CaseFiles], axis: int):
     """The training cases as a data set streamed from disk, or None when some cannot stream (photographs)."""
-    from .streaming import STREAM_SUFFIXES, describe, highest_class
+    from .streaming import index_data_set, streamable
 
-    files = [(c.image, c.labels) for c in labeled] + [(c.image, None) for c in unlabeled]
-    if not all(suffix_of(p) in STREAM_SUFFIXES or p.name.endswith(".zarr") for f in files for p in f if p):
+    pairs = [(c.image, c.labels) for c in labeled] + [(c.image, None) for c in unlabeled]
+    if not all(streamable(p) for pair in pairs for p in pair if p):
         return None
-    data = StreamedDataSet([describe(image, labels) for image, labels in files], axis=axis)
-    data.top_class = max(highest_class(f) for f in data.labeled)
-    return data
+    return index_data_set(pairs, axis)
 
 
 def run_dataset_volumes(train: list[Volume] | StreamedDataSet, test: list[Case] | list[CaseFiles],

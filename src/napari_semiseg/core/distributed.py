@@ -12,6 +12,7 @@ writes, logs and reports. Outside torchrun everything here is a no-op for one ra
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
 import warnings
 from dataclasses import dataclass
@@ -53,13 +54,13 @@ def start(device_name: str = "auto") -> Ranks:
     """Join the process group torchrun set up (once per process); one rank when not under torchrun."""
     if not launched_by_torchrun():
         return Ranks()
+    from .trainer import choose_device
+
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        gpu = device_name in ("auto", "cuda") and torch.cuda.is_available()
-        if device_name == "cuda" and not gpu:
-            raise InputError("CUDA was requested but no CUDA GPU is available: use --device auto or cpu.")
         if device_name == "mps":
             raise InputError("Training on several processes needs CUDA GPUs (NCCL) or CPUs (gloo), not MPS.")
+        gpu = choose_device(device_name).type == "cuda"  # (refuses cuda where there is none)
         if gpu:
             if local >= torch.cuda.device_count():
                 raise InputError(f"This node has {torch.cuda.device_count()} GPU(s) but torchrun started "
@@ -164,17 +165,15 @@ def average_buffers(module: torch.nn.Module) -> None:
 def wrap(method: torch.nn.Module, device: torch.device, sync_batchnorm: bool = False) -> torch.nn.Module:
     """The method behind DistributedDataParallel: calling it runs one training step through
     ``forward`` (so DDP's hooks all-reduce the gradients of every trainable parameter)."""
-    if sync_batchnorm:
-        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     from torch.nn.parallel import DistributedDataParallel
 
-    # buffers are averaged after each step instead of broadcast from rank 0 before each forward
-    # (the initial broadcast of parameters and buffers still makes every rank start from rank 0's)
-    import inspect
-
+    if sync_batchnorm:
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     # TSA reads the 1x1 head's weight as a matrix: its gradient's layout differs from the channels-last
     # bucket's for that one small tensor; DDP copies it (correct, a few hundred bytes), the warning is noise
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    # buffers are averaged after each step instead of broadcast from rank 0 before each forward
+    # (the initial broadcast of parameters and buffers still makes every rank start from rank 0's)
     no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(
         DistributedDataParallel).parameters else {"broadcast_buffers": False}
     return DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,

@@ -375,7 +375,7 @@ def _read_tiff(path: Path) -> LoadedImage:
         spacing = _tiff_spacing(tif)
         classes = from_text(tif.pages[0].description) if tif.pages else None
     data = np.squeeze(data) if data.ndim > 3 else data
-    rgb = data.ndim >= 3 and data.shape[-1] in (3, 4) and data.dtype == np.uint8
+    rgb = looks_rgb(data.shape, data.dtype)
     if rgb and data.shape[-1] == 4:
         data = data[..., :3]
     _check_dims(path, data, rgb)
@@ -383,6 +383,11 @@ def _read_tiff(path: Path) -> LoadedImage:
     spacing = spacing[-ndim:] if len(spacing) >= ndim else (1.0,) * ndim
     return LoadedImage(data, SourceInfo(str(path), "tiff", tuple(spacing),
                                         header={"classes": classes} if classes else {}), rgb=rgb)
+
+
+def looks_rgb(shape, dtype) -> bool:
+    """8-bit colour (RGB or RGBA) in the last axis: how a TIFF tells a photograph from a small stack."""
+    return len(shape) >= 3 and shape[-1] in (3, 4) and np.dtype(dtype) == np.uint8
 
 
 def _check_tiff_pages(path: Path, tif) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .io import HDF5_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, stem_of, suffix_of
+from .io import HDF5_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, looks_rgb, stem_of, suffix_of, validate_labels
 from .methods.base import Batch
 from .sampling import augment_batch, centre_patch, labeled_patch, own_shard, unlabeled_patch
 from .volume import Normalisation, Volume, WorkingGeometry
@@ -114,7 +114,7 @@ class _NiftiOnDisk(LazyImage):
 def open_lazy(path: str | os.PathLike, *, label: bool = False) -> LazyImage:
     """An image (or, with ``label``, the label map of an HDF5 file holding both) without reading it."""
     path = Path(path)
-    suffix = suffix_of(path) if suffix_of(path) else (".zarr" if path.name.endswith(".zarr") else "")
+    suffix = suffix_of(path)
     try:
         if suffix in NIFTI_SUFFIXES:
             return _NiftiOnDisk(path)
@@ -133,7 +133,7 @@ def open_lazy(path: str | os.PathLike, *, label: bool = False) -> LazyImage:
             store = tifffile.imread(str(path), aszarr=True)
             arr = zarr.open(store, mode="r")
             return _ArrayOnDisk(arr if hasattr(arr, "shape") else arr["0"], keep_open=store)
-        if path.name.endswith(".zarr"):
+        if suffix in ZARR_SUFFIXES:
             import zarr
 
             arr = zarr.open(str(path), mode="r")
@@ -224,7 +224,7 @@ def describe(image: str | os.PathLike, labels: str | os.PathLike | None) -> Stre
     """A file's entry from its header alone; the label map must have the image's shape."""
     lazy = open_lazy(image)
     shape = lazy.shape
-    rgb = len(shape) >= 3 and shape[-1] in (3, 4) and lazy.dtype == np.uint8
+    rgb = looks_rgb(shape, lazy.dtype)
     if rgb and shape[-1] == 4:
         raise InputError(f"{Path(image).name} has an alpha channel: streamed photographs must be RGB.")
     spatial = shape[:-1] if rgb else shape
@@ -238,15 +238,11 @@ def describe(image: str | os.PathLike, labels: str | os.PathLike | None) -> Stre
 
 
 def highest_class(f: StreamedFile) -> int:
-    """The largest label value in a file's label map, read a slice at a time."""
+    """The largest label value in a file's label map, read (and checked as one) a slice at a time."""
     lab = open_lazy(f.labels, label=f.labels == f.image)
-    top = 0
-    for i in range(lab.shape[0] if lab.ndim == 3 else 1):
-        sl = lab[i] if lab.ndim == 3 else np.asarray(lab)
-        if np.issubdtype(sl.dtype, np.floating) and not np.all(np.isfinite(sl)):
-            raise InputError(f"The label map {Path(f.labels).name} holds NaN or infinite values.")
-        top = max(top, int(sl.max(initial=0)))
-    return top
+    name = f"The label map {Path(f.labels).name}"
+    slices = (lab[i] for i in range(lab.shape[0])) if lab.ndim == 3 else [np.asarray(lab)]
+    return max(int(validate_labels(sl, name=name).max()) for sl in slices)
 
 
 def scan_folder(root: str | os.PathLike, axis: int = 0) -> StreamedDataSet:
@@ -259,26 +255,27 @@ def scan_folder(root: str | os.PathLike, axis: int = 0) -> StreamedDataSet:
         raise InputError(f"{root} needs an images/ (or imagesTr/) folder, with label maps of the same names in "
                          "labels/ (or labelsTr/); images without one are used as unlabeled.")
     lab_dir = next((root / d for d in ("labels", "labelsTr") if (root / d).is_dir()), None)
-    by_stem = {stem_of(q): q for q in lab_dir.iterdir() if _streamable(q)} if lab_dir else {}
-    files = []
+    by_stem = {stem_of(q): q for q in lab_dir.iterdir() if streamable(q)} if lab_dir else {}
+    pairs = []
     for p in sorted(img_dir.iterdir()):
-        if not _streamable(p) or p.name.startswith("."):
+        if not streamable(p) or p.name.startswith("."):
             continue
-        lab = by_stem.get(_stem(p))
+        lab = by_stem.get(stem_of(p))
         if lab is None and suffix_of(p) in HDF5_SUFFIXES and _h5_has_label(p):
             lab = p
-        files.append(describe(p, lab))
-    data = StreamedDataSet(files, axis=axis)
+        pairs.append((p, lab))
+    return index_data_set(pairs, axis)
+
+
+def index_data_set(pairs, axis: int) -> StreamedDataSet:
+    """(image, label map or None) pairs as a data set: headers, and the classes from the label maps."""
+    data = StreamedDataSet([describe(image, labels) for image, labels in pairs], axis=axis)
     data.top_class = max(highest_class(f) for f in data.labeled)
     return data
 
 
-def _stem(p: Path) -> str:
-    return p.name[:-len(".zarr")] if p.name.endswith(".zarr") else stem_of(p)
-
-
-def _streamable(p: Path) -> bool:
-    return p.name.endswith(".zarr") or suffix_of(p) in STREAM_SUFFIXES
+def streamable(p: Path) -> bool:
+    return suffix_of(p) in STREAM_SUFFIXES
 
 
 def _h5_has_label(p: Path) -> bool:
@@ -371,19 +368,16 @@ class StreamingSampler:
         self.labeled_files = labeled
         self.n_labeled = sum(f.n_slices(data.axis) for f in labeled)
         self.n_unlabeled = sum(f.n_slices(data.axis) for f in unlabeled)
-        args = (data, patch, context, scale, foreground_fraction)
-        self._labeled = self._loader(_PatchStream(labeled, args[0], True, *args[1:], seed), labeled_batch, workers)
-        # with no unlabeled file, the unlabeled stream reuses the labeled images without their labels
-        self._unlabeled = self._loader(_PatchStream(unlabeled or labeled, args[0], False, *args[1:], seed + 1),
-                                       unlabeled_batch, workers) if unlabeled_batch else None
-        self._bank = _OpenFiles(data.axis, data.normalisation)
+        def loader(files, with_labels: bool, stream_seed: int, batch: int):
+            stream = _PatchStream(files, data, with_labels, patch, context, scale, foreground_fraction, stream_seed)
+            return iter(torch.utils.data.DataLoader(stream, batch_size=batch, num_workers=workers,
+                                                    persistent_workers=workers > 0,
+                                                    prefetch_factor=2 if workers else None))
 
-    @staticmethod
-    def _loader(stream, batch: int, workers: int):
-        loader = torch.utils.data.DataLoader(stream, batch_size=batch, num_workers=workers,
-                                             persistent_workers=workers > 0,
-                                             prefetch_factor=2 if workers else None)
-        return iter(loader)
+        self._labeled = loader(labeled, True, seed, labeled_batch)
+        # with no unlabeled file, the unlabeled stream reuses the labeled images without their labels
+        self._unlabeled = loader(unlabeled or labeled, False, seed + 1, unlabeled_batch) if unlabeled_batch else None
+        self._bank = _OpenFiles(data.axis, data.normalisation)
 
     def next(self, with_unlabeled: bool = True) -> Batch:
         try:
