@@ -134,3 +134,20 @@ $BIN benchmark ../shared/data/chase_db1 --protocol dataset --test-count 8 --minu
      --methods sgrs-net,barl,transmedseg --json $OUT/fix_chase10_b.json > $OUT/fix_chase10_b.log 2>&1 &
 wait
 .venv/bin/python benchmarks/summarise.py --per-image $OUT/fix_chase10_a.json $OUT/fix_chase10_b.json
+
+# §15: the EMA teacher of a short run; comparisons over seeds
+mkdir -p $OUT/seeds
+$BIN benchmark ../shared/data/hippocampus_msd --protocol dataset --methods supervised,mean-teacher \
+     --iterations 300 --max-test 20 --threads 1 --repeats 4 --json $OUT/seeds/ds300_repeats.json > $OUT/seeds/ds300_repeats.log 2>&1 &
+$BIN benchmark ../shared/data/hippocampus_msd --protocol session --volumes 10 --k 3 --iterations 300 --axis 2 --threads 1 \
+     --methods "supervised,mean-teacher,mean-teacher[teacher_window=1]" --json $OUT/seeds/sess300.json > $OUT/seeds/sess300.log 2>&1 &
+wait
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol session --k 3 --iterations 700 --axis 2 --threads 1 \
+       --methods "mean-teacher,mean-teacher[teacher_window=1]" --json $OUT/seeds/sess700_$h.json > $OUT/seeds/sess700_$h.log 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/paired_session.py --against "mean-teacher[teacher_window=1]" $OUT/seeds/sess700_A.json $OUT/seeds/sess700_B.json
+$BIN benchmark ../shared/data/chase_db1 --protocol dataset --test-count 8 --methods supervised,mean-teacher \
+     --iterations 300 --threads 1 --repeats 2 --json $OUT/seeds/chase300_new.json > $OUT/seeds/chase300_new.log 2>&1
+.venv/bin/python benchmarks/loaded_vs_streamed.py ../shared/data/hippocampus_msd supervised 300 20 0 1 2 3

@@ -135,8 +135,8 @@ def test_train_bad_inputs_are_one_sentence(tmp_path):
     assert r.returncode == 2 and "Unknown method" in r.stderr
 
 
-def test_benchmark_dataset_protocol_on_ssl4mis_hdf5(tmp_path):
-    """SSL4MIS layout: first N slices of train_slices.list labeled, test.list volumes held out."""
+def ssl4mis_folder(tmp_path):
+    """A tiny data set in the SSL4MIS HDF5 layout: 3 volumes of 4 slices, 8 training slices, 1 test volume."""
     import h5py
 
     root = tmp_path / "ACDC"
@@ -159,6 +159,12 @@ def test_benchmark_dataset_protocol_on_ssl4mis_hdf5(tmp_path):
             names.append(f"{case}_slice_{s}")
     (root / "train_slices.list").write_text("\n".join(names[:8]) + "\n")
     (root / "test.list").write_text("patient002_frame01\n")
+    return root
+
+
+def test_benchmark_dataset_protocol_on_ssl4mis_hdf5(tmp_path):
+    """SSL4MIS layout: first N slices of train_slices.list labeled, test.list volumes held out."""
+    root = ssl4mis_folder(tmp_path)
     out = tmp_path / "r.json"
     r = run_cli("benchmark", str(root), "--protocol", "dataset", "--labeled-slices", "2", "--iterations", "3",
                 "--methods", "supervised,mean-teacher", "--set", "batch_size=2", "--set", "labeled_batch=1",
@@ -171,6 +177,24 @@ def test_benchmark_dataset_protocol_on_ssl4mis_hdf5(tmp_path):
     compared = res["paired"]["mean-teacher"]  # paired against supervised over the test volumes
     assert compared["baseline"] == "supervised" and compared["n"] == 1 and "p" in compared
     assert "mean-teacher vs supervised" in r.stdout
+
+
+def test_repeated_dataset_runs_are_compared_over_runs_with_their_own_seeds(tmp_path):
+    """--repeats N trains every method N times with seeds seed..seed+N-1; the comparison that says
+    something about the method is over those runs (one per seed), beside each run's per-volume one."""
+    root = ssl4mis_folder(tmp_path)
+    out = tmp_path / "r.json"
+    r = run_cli("benchmark", str(root), "--protocol", "dataset", "--labeled-slices", "2", "--iterations", "2",
+                "--methods", "supervised,mean-teacher", "--set", "batch_size=2", "--set", "labeled_batch=1",
+                "--repeats", "2", "--seed", "5", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["seeds"] == [5, 6] and len(res["runs"]) == 2 and "methods" not in res
+    assert [run["seed"] for run in res["runs"]] == [5, 6]
+    assert all(set(run["methods"]) == {"supervised", "mean-teacher"} for run in res["runs"])
+    over = res["paired_over_runs"]["mean-teacher"]
+    assert over["n"] == 2 and over["baseline"] == "supervised"
+    assert "run 2 of 2 (seed 6)" in r.stdout and "of 2 runs" in r.stdout
 
 
 def test_benchmark_session_protocol_reports_interpolation_baseline(tmp_path, hippo_folder):

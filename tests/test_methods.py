@@ -434,3 +434,26 @@ def test_with_every_slice_labeled_the_mean_teacher_is_supervised_training_and_bc
         last = t.train()
         assert drawn == [draws, draws], method
         assert ("consistency" in last.losses) is False
+
+
+# ------------------------------------------------------------------------------------------ the EMA teacher's window
+
+@pytest.mark.parametrize("method", ["mean-teacher", "sgrs-net", "transmedseg"])  # (BCP's copies until self-training)
+def test_a_short_run_s_teacher_averages_its_last_steps_not_its_first(method):
+    """A student whose weights move steadily (each step adds 1): after 300 steps the teacher of a
+    0.99 EMA must sit near the recent weights. The reference schedule min(1 - 1/(t+1), 0.99) kept a
+    uniform average of the first 100 steps and left the teacher about 100 steps behind."""
+    def lag_after_300_steps(settings):
+        m = build_method(method, 1, 2, settings)
+        weight = next(m.student.parameters())
+        with torch.no_grad():
+            weight.zero_()
+            for i in range(300):
+                weight.add_(1.0)
+                m.after_step(TrainState(i, (i + 1) / 300))
+        teacher_weight = next(getattr(m, "base", m).teacher.parameters())  # TransMedSeg: its base's teacher
+        return 300 - float(teacher_weight.mean())
+
+    base = {"base_settings": {"teacher_window": 1}} if method == "transmedseg" else {"teacher_window": 1}
+    assert 9.0 < lag_after_300_steps(None) < 40.0  # not a copy (0), not the decay's own horizon (≈ 100)
+    assert lag_after_300_steps(base) > 90.0  # teacher_window=1 is the reference schedule

@@ -126,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     bm.add_argument("--labeled-slices", type=AT_LEAST_ONE, default=136, help="SSL4MIS: first N slices of train_slices.list")
     bm.add_argument("--max-test", type=AT_LEAST_ONE, help="dataset: evaluate on at most N test volumes")
     bm.add_argument("--test-count", type=AT_LEAST_ONE, help="dataset: the last N volumes are the test set (default: 20 %%)")
+    bm.add_argument("--repeats", type=AT_LEAST_ONE, default=1,
+                    help="dataset: train every method this many times (seeds --seed, --seed+1, ...) and compare "
+                         "the methods over these runs: one trained model says little about a method")
     _add_engine_options(bm)
     bm.add_argument("--json", metavar="FILE", help="write all results as JSON")
     return p
@@ -508,22 +511,23 @@ def cmd_benchmark(args) -> int:
 
         check_output_file(args.json, expand_inputs([data]), "results")  # now, not after hours of training
     if args.protocol == "dataset":
-        if (data / "train_slices.list").exists():
-            train, test = bm.load_ssl4mis(data, args.labeled_slices)
-            result = bm.run_dataset_volumes(train, test[: args.max_test] if args.max_test else test, methods,
-                                            axis=args.axis, minutes=args.minutes, iterations=args.iterations,
-                                            base_config=cfg, progress=True)
-        else:  # files, not arrays: volumes stream from disk (and under torchrun train one model on every rank)
-            result = bm.run_dataset(bm.case_files(data), methods, axis=args.axis, minutes=args.minutes,
-                                    iterations=args.iterations, labeled_fraction=args.labeled_fraction,
-                                    max_test=args.max_test, test_count=args.test_count, base_config=cfg,
-                                    progress=True)
-        if result is None:  # another rank of a torchrun: rank 0 reports
+        runs = []
+        reports = os.environ.get("RANK", "0") == "0"  # under torchrun every rank trains, rank 0 reports
+        for repeat in range(args.repeats):
+            cfg.seed = args.seed + repeat
+            if args.repeats > 1 and reports:
+                print(f"run {repeat + 1} of {args.repeats} (seed {cfg.seed})")
+            result = _dataset_run(args, bm, methods, cfg, data)
+            if result is not None:
+                runs.append({**result, "seed": cfg.seed})
+        if not runs:  # another rank of a torchrun
             return 0
-        if len(result["methods"]) > 1:
-            result["paired"] = bm.paired_against(bm.dataset_per_volume_dice(result))
-        _print_dataset(result)
-        _print_paired(result.get("paired", {}))
+        if args.repeats > 1:
+            result = {k: v for k, v in runs[0].items() if k not in ("methods", "paired")}  # the split
+            result.update(runs=runs, seeds=[args.seed + i for i in range(args.repeats)])
+            result["paired_over_runs"] = bm.paired_over_runs(runs) if len(methods) > 1 else {}
+            print(f"over the {args.repeats} runs (each run's mean Dice over its test volumes):")
+            _print_paired(result["paired_over_runs"], unit="runs")
     elif args.protocol == "loop":
         result = _loop(args, bm, methods, cfg, data)
     else:
@@ -532,6 +536,27 @@ def cmd_benchmark(args) -> int:
         _write_json(args.json, result)
         print(f"results written to {args.json}")
     return 0
+
+
+def _dataset_run(args, bm, methods, cfg, data) -> dict | None:
+    """One training of every method on the data set's split, printed; None on ranks other than 0."""
+    if (data / "train_slices.list").exists():
+        train, test = bm.load_ssl4mis(data, args.labeled_slices)
+        result = bm.run_dataset_volumes(train, test[: args.max_test] if args.max_test else test, methods,
+                                        axis=args.axis, minutes=args.minutes, iterations=args.iterations,
+                                        base_config=cfg, progress=True)
+    else:  # files, not arrays: volumes stream from disk (and under torchrun train one model on every rank)
+        result = bm.run_dataset(bm.case_files(data), methods, axis=args.axis, minutes=args.minutes,
+                                iterations=args.iterations, labeled_fraction=args.labeled_fraction,
+                                max_test=args.max_test, test_count=args.test_count, base_config=cfg,
+                                progress=True)
+    if result is None:
+        return None
+    if len(result["methods"]) > 1:
+        result["paired"] = bm.paired_against(bm.dataset_per_volume_dice(result))
+    _print_dataset(result)
+    _print_paired(result.get("paired", {}))
+    return result
 
 
 def _session(args, bm, methods, cfg, data) -> dict:
@@ -607,10 +632,11 @@ def _loop(args, bm, methods, cfg, data) -> dict:
     return out
 
 
-def _print_paired(compared: dict) -> None:
+def _print_paired(compared: dict, unit: str = "") -> None:
     for m, c in compared.items():
         print(f"{m} vs {c['baseline']}: {c['mean_difference']:+.3f} Dice, wins/losses {c['wins']}/{c['losses']} "
-              f"of {c['n']} (a difference within 0.005 is neither), Wilcoxon p = {c['p']:.3f}")
+              f"of {c['n']}{' ' + unit if unit else ''} (a difference within 0.005 is neither), "
+              f"Wilcoxon p = {c['p']:.3f}")
 
 
 def _print_dataset(result: dict) -> None:

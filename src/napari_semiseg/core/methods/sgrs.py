@@ -21,7 +21,8 @@ from torch import nn
 
 from ..inference import PredictorOutput
 from ..losses import normalised_entropy, one_hot, sigmoid_rampup, soft_dice_loss, split_known, supervised_loss
-from .base import Batch, Method, MethodSettings, StepFeatures, TeacherMixin, TrainState, check_choice, noisy
+from .base import (TEACHER_WINDOW, Batch, Method, MethodSettings, StepFeatures, TeacherMixin, TrainState,
+                   check_choice, noisy)
 
 INCONSISTENT_RULES = ("soft", "hard", "exclude")
 
@@ -29,6 +30,7 @@ INCONSISTENT_RULES = ("soft", "hard", "exclude")
 @dataclass
 class SGRSSettings(MethodSettings):
     ema_decay: float = 0.99
+    teacher_window: float = TEACHER_WINDOW  # the teacher averages about the last 1/teacher_window of the steps
     # the released "consistency" weight is 1.0; it collapsed on 2 of 10 hippocampus sessions
     # (0.295, 0.480 Dice) where 0.1 did not (mean 0.682 -> 0.793), as it did for our mean teacher
     pseudo_weight: float = 0.1
@@ -160,4 +162,4 @@ class SGRSNet(TeacherMixin, Method):
 
     @torch.no_grad()
     def after_step(self, state: TrainState):
-        self.ema_update(state.iteration, self.settings.ema_decay)
+        self.ema_update(state.iteration)
