@@ -511,16 +511,18 @@ def cmd_benchmark(args) -> int:
 
         check_output_file(args.json, expand_inputs([data]), "results")  # now, not after hours of training
     if args.protocol == "dataset":
+        from .core import distributed
+
+        ranks = distributed.start(cfg.device)  # under torchrun every rank trains every run; rank 0 reports
         runs = []
-        reports = os.environ.get("RANK", "0") == "0"  # under torchrun every rank trains, rank 0 reports
         for repeat in range(args.repeats):
             cfg.seed = args.seed + repeat
-            if args.repeats > 1 and reports:
+            if args.repeats > 1 and ranks.main:
                 print(f"run {repeat + 1} of {args.repeats} (seed {cfg.seed})")
             result = _dataset_run(args, bm, methods, cfg, data)
             if result is not None:
                 runs.append({**result, "seed": cfg.seed})
-        if not runs:  # another rank of a torchrun
+        if not ranks.main:
             return 0
         if args.repeats > 1:
             result = {k: v for k, v in runs[0].items() if k not in ("methods", "paired")}  # the split

@@ -153,6 +153,22 @@ class StepFeatures:
     target: dict[str, torch.Tensor] | None = None
 
 
+# The teacher averages about the last 1/TEACHER_WINDOW of the steps taken (until ``decay`` caps it).
+# The reference schedule, min(1 - 1/(t + 1), decay), is a uniform average of every step until
+# t = 1/(1 - decay): after 300 steps, 13 % of a 0.99 teacher still came from the first 100 (random
+# weights and the first rough ones), and it scored 0.05-0.09 Dice below its own student on the
+# hippocampus dataset (benchmarks/RESULTS.md §15). Over the papers' 30k steps both are the same.
+TEACHER_WINDOW = 10
+
+
+@dataclass
+class TeacherSettings(MethodSettings):
+    """The settings of a method with an EMA teacher, which ``TeacherMixin.ema_update`` reads."""
+
+    ema_decay: float = 0.99
+    teacher_window: float = TEACHER_WINDOW  # the teacher averages about the last 1/teacher_window of the steps
+
+
 class TeacherMixin:
     """An EMA teacher over the student's whole state (parameters and batch-norm statistics).
 
@@ -179,15 +195,7 @@ class TeacherMixin:
                 t.copy_(s)
 
 
-# The teacher averages about the last 1/TEACHER_WINDOW of the steps taken (until ``decay`` caps it).
-# The reference schedule, min(1 - 1/(t + 1), decay), is a uniform average of every step until
-# t = 1/(1 - decay): after 300 steps, 13 % of a 0.99 teacher still came from the first 100 (random
-# weights and the first rough ones), and it scored 0.05-0.09 Dice below its own student on the
-# hippocampus dataset (benchmarks/RESULTS.md §15). Over the papers' 30k steps both are the same.
-TEACHER_WINDOW = 10
-
-
-def teacher_alpha(iteration: int, decay: float, window: float = TEACHER_WINDOW) -> float:
+def teacher_alpha(iteration: int, decay: float, window: float) -> float:
     """The EMA teacher's decay at this step: 0 (a copy of the student) at the first step, then
     1 - window / (iteration + 1), never above ``decay``."""
     return min(decay, max(0.0, 1.0 - window / (iteration + 1)))

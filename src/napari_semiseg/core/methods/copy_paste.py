@@ -18,16 +18,14 @@ from torch import nn
 from ..inference import Predictor
 from ..losses import masked_cross_entropy, one_hot, soft_dice_loss, soft_segmentation_loss, split_known
 from ..mixing import BLENDS, box_mask, largest_component_per_class, soft_alpha
-from .base import (TEACHER_WINDOW, Batch, Method, MethodSettings, StepFeatures, TeacherMixin, TrainState, check_choice,
+from .base import (Batch, Method, StepFeatures, TeacherMixin, TeacherSettings, TrainState, check_choice,
                    running_stats_frozen)
 
 SA_MODES = ("feature", "paper_code", "off")
 
 
 @dataclass
-class BCPSettings(MethodSettings):
-    ema_decay: float = 0.99
-    teacher_window: float = TEACHER_WINDOW  # the teacher averages about the last 1/teacher_window of the steps
+class BCPSettings(TeacherSettings):
     pretrain_fraction: float = 0.25  # of the budget; BCP's ACDC schedule is 10k pre-train of 40k iterations
     pretrain_iterations: int = 300  # used when training runs until stopped
     box_fraction: float = 2.0 / 3.0

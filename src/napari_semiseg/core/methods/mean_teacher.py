@@ -8,14 +8,12 @@ import torch
 
 from ..inference import Predictor
 from ..losses import labeled_agreement, sigmoid_rampup, split_known, supervised_loss
-from .base import (TEACHER_WINDOW, MIN_RAMP_ITERATIONS, Batch, Method, MethodSettings, StepFeatures, TeacherMixin,
+from .base import (MIN_RAMP_ITERATIONS, Batch, Method, StepFeatures, TeacherMixin, TeacherSettings,
                    TrainState, batch_stats_forward, check_choice, noisy)
 
 
 @dataclass
-class MeanTeacherSettings(MethodSettings):
-    ema_decay: float = 0.99
-    teacher_window: float = TEACHER_WINDOW  # the teacher averages about the last 1/teacher_window of the steps
+class MeanTeacherSettings(TeacherSettings):
     consistency: float = 0.1  # weight once ramped up (SSL4MIS's; 1.0 collapsed on some volumes)
     rampup_fraction: float = 0.3  # of the budget; SSL4MIS ramps over its whole 30k-iteration run
     rampup_iterations: int = 600  # used when training runs until stopped

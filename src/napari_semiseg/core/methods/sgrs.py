@@ -21,16 +21,14 @@ from torch import nn
 
 from ..inference import PredictorOutput
 from ..losses import normalised_entropy, one_hot, sigmoid_rampup, soft_dice_loss, split_known, supervised_loss
-from .base import (TEACHER_WINDOW, Batch, Method, MethodSettings, StepFeatures, TeacherMixin, TrainState,
+from .base import (Batch, Method, StepFeatures, TeacherMixin, TeacherSettings, TrainState,
                    check_choice, noisy)
 
 INCONSISTENT_RULES = ("soft", "hard", "exclude")
 
 
 @dataclass
-class SGRSSettings(MethodSettings):
-    ema_decay: float = 0.99
-    teacher_window: float = TEACHER_WINDOW  # the teacher averages about the last 1/teacher_window of the steps
+class SGRSSettings(TeacherSettings):
     # the released "consistency" weight is 1.0; it collapsed on 2 of 10 hippocampus sessions
     # (0.295, 0.480 Dice) where 0.1 did not (mean 0.682 -> 0.793), as it did for our mean teacher
     pseudo_weight: float = 0.1
