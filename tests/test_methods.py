@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from napari_semiseg.core.classes import UNKNOWN
 from napari_semiseg.core.io import InputError
 from napari_semiseg.core.losses import one_hot, soft_segmentation_loss
 from napari_semiseg.core.methods import METHODS, build_method
@@ -83,6 +84,38 @@ def test_largest_component_keeps_one_region_per_class():
     assert out[0, 0:4, 0:4].eq(1).all() and out[0, 8:10, 8:10].eq(0).all() and out[0, 6, 0] == 2
 
 
+class FixedLogits(torch.nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        return self.logits
+
+
+def test_bcp_keeps_the_largest_region_only_of_classes_the_labels_show_in_one_piece():
+    y = torch.zeros(4, 32, 32, dtype=torch.long)
+    y[:, 4:12, 4:12] = 1  # an organ: one region per slice
+    y[:, 20:22, ::4] = 2  # a structure in pieces (eight short vessels per slice)
+    bcp = build_method("bcp", 1, 3, {"pretrain_fraction": 0.0})
+    bcp.training_step(Batch(torch.rand(4, 1, 32, 32), y, torch.rand(4, 1, 32, 32)), TrainState(10, 0.5))
+    assert bcp.one_piece_classes() == [1]
+    teacher = torch.zeros(1, 32, 32, dtype=torch.long)
+    teacher[0, 2:10, 2:10] = 1
+    teacher[0, 28:30, 28:30] = 1  # a stray island of the organ
+    teacher[0, 20:22, 0:3] = 2
+    teacher[0, 20:22, 8:11] = 2  # two vessels
+    bcp.teacher = FixedLogits(F.one_hot(teacher, 3).permute(0, 3, 1, 2).float())
+    pseudo = bcp.pseudo_labels(torch.rand(1, 1, 32, 32))
+    assert pseudo[0, 28:30, 28:30].eq(UNKNOWN).all()  # the island: no loss, rather than "background"
+    assert pseudo[0, 2:10, 2:10].eq(1).all()
+    assert torch.equal(pseudo[teacher == 2], teacher[teacher == 2])  # every vessel kept
+    bcp_reference = build_method("bcp", 1, 3, {"largest_component": True, "outside_largest": "background"})
+    bcp_reference.teacher = bcp.teacher
+    reference = bcp_reference.pseudo_labels(torch.rand(1, 1, 32, 32))
+    assert reference[0, 28:30, 28:30].eq(0).all() and reference[teacher == 2].eq(2).sum() == 6  # one vessel left
+
+
 def test_bcp_pseudo_labels_never_overwrite_the_labeled_ground_truth():
     torch.manual_seed(0)
     bcp = build_method("bcp", 1, 3, {"pretrain_fraction": 0.0})
@@ -97,6 +130,15 @@ def test_bcp_pseudo_labels_never_overwrite_the_labeled_ground_truth():
     assert inward.w_a == 0.5 and inward.w_b == 1.0  # pseudo-labeled regions down-weighted
     # images: labeled pixels are copied unchanged
     assert torch.equal(inward.x[:, :, inside], batch.x_l[:2][:, :, inside])
+
+
+def test_bcp_trains_on_the_unpasted_labeled_patches_too_unless_told_not_to():
+    batch = Batch(torch.rand(4, 1, 16, 16), torch.randint(0, 2, (4, 16, 16)), torch.rand(4, 1, 16, 16))
+    for iteration, progress in ((5, 0.1), (900, 0.9)):  # pre-training and self-training
+        out = build_method("bcp", 1, 2).training_step(batch, TrainState(iteration, progress))
+        published = build_method("bcp", 1, 2, {"labeled_weight": 0}).training_step(batch, TrainState(iteration, progress))
+        assert "supervised" in out and "supervised" not in published
+        assert out["loss"].item() == pytest.approx(out["mix"].item() + out["supervised"].item(), rel=1e-5)
 
 
 def test_bcp_pretrains_on_labeled_pairs_then_starts_the_teacher_from_the_student():

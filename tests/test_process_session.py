@@ -1,11 +1,12 @@
 """Training in a spawned child process: the session's interface end to end, large arrays through
-shared memory, and a child killed mid-run (the caller lives on, told in one sentence, and the next
+shared memory, label updates as the slices that changed, and a child killed mid-run (the caller lives on, told in one sentence, and the next
 session resumes from the checkpoint)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import numpy as np
@@ -13,7 +14,9 @@ import pytest
 
 from napari_semiseg.core.checkpoint import load_method
 from napari_semiseg.core.errors import InputError
+from napari_semiseg.core.label_sync import ChangedSlices, LabelCopy, slice_stack
 from napari_semiseg.core.process_session import ProcessSession, TrainingProcessDied
+from napari_semiseg.core.session import LatestSender
 from napari_semiseg.core.trainer import LabelUpdate
 from test_engine import fast_config
 
@@ -100,3 +103,74 @@ def test_a_killed_child_is_one_sentence_and_the_next_session_resumes_from_its_ch
         assert last.iteration >= checkpointed.iteration + 2  # it went on from the checkpoint
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("shape, axis", [((6, 7, 8), 0), ((6, 7, 8), 1), ((6, 7, 8), 2), ((7, 8), 0)])
+def test_a_correction_travels_as_its_changed_slices_and_completes_the_other_sides_copy(shape, axis):
+    labels = np.random.default_rng(0).integers(0, 3, shape).astype(np.uint8)
+    sender, receiver = LabelCopy(labels, axis), LabelCopy(labels, axis)
+    corrected = labels.copy()
+    stack = slice_stack(corrected, axis if len(shape) == 3 else 0)
+    changed = [len(stack) - 1]
+    stack[changed[0]] = 3
+    change = sender.changes(LabelUpdate(corrected, {0, changed[0]}))
+    assert change.slices.tolist() == changed and change.planes.shape == (1,) + stack.shape[1:]
+    sender.write(change)
+    update = receiver.apply(change)
+    assert np.array_equal(update.labels, corrected) and update.labeled == {0, changed[0]}
+    assert sender.changes(LabelUpdate(corrected, {0})).slices.size == 0  # nothing new: nothing to send
+    update.labels[...] = 0  # the trainer's array is its own: the copy keeps the labels
+    assert np.array_equal(receiver.labels, corrected)
+
+
+@pytest.mark.parametrize("slices, planes, labeled, said", [
+    ([9], np.zeros((1, 7, 8), np.uint8), [1], "outside the volume's 6 slices"),
+    ([1], np.zeros((1, 8, 7), np.uint8), [1], "have shape (1, 8, 7), not (1, 7, 8)"),
+    ([1], np.full((1, 7, 8), 300, np.int64), [1], "do not fit this volume's uint8"),
+    ([1], np.zeros((1, 7, 8), np.float32), [1], "do not fit"),
+    ([1], np.zeros((1, 7, 8), np.uint8), ["x"], "not a list of whole numbers"),
+])
+def test_changed_slices_that_do_not_fit_are_one_sentence_and_change_nothing(slices, planes, labeled, said):
+    labels = np.ones((6, 7, 8), np.uint8)
+    copy = LabelCopy(labels)
+    with pytest.raises(InputError, match=said.replace("(", r"\(").replace(")", r"\)")):
+        copy.apply(ChangedSlices(np.array(slices), planes, labeled))
+    assert np.array_equal(copy.labels, labels)
+
+
+def test_the_child_gets_the_corrected_slice_not_the_whole_labels(tmp_path):
+    args = volume_args(n=8, size=400)  # 8 x 400 x 400 uint8 labels: 1.3 MB, a slice 160 kB
+    session = ProcessSession([args], fast_config(iterations=None, minutes=None, report_every=1, patch_size=64))
+    try:
+        session.build()
+        reports = session.reports()
+        next(reports)
+        before = session.channel.bytes_piped + session.channel.bytes_shared
+        corrected = args["labels"].copy()
+        corrected[4, :10, :10] = 5  # a class this 3-class model does not have: the child can only know from the slice
+        session.send(LabelUpdate(corrected, {1, 4}))
+        assert session.wait_for_sends()
+        sent = session.channel.bytes_piped + session.channel.bytes_shared - before
+        assert corrected[4].nbytes <= sent < 2 * corrected[4].nbytes
+        with pytest.raises(InputError, match="Label 5 is beyond the 3 classes"):
+            list(reports)
+    finally:
+        session.close()
+
+
+def test_the_label_sender_keeps_the_newest_update_of_each_volume_not_of_all():
+    release, delivered = threading.Event(), []
+
+    def deliver(update):
+        release.wait(10)
+        delivered.append(update)
+
+    sender = LatestSender(deliver, "test-sender")
+    sender.put("first of volume 0", key=0)  # being delivered: the sender waits in deliver
+    time.sleep(0.2)
+    sender.put("old of volume 0", key=0)
+    sender.put("of volume 1", key=1)
+    sender.put("new of volume 0", key=0)  # replaces the old one of its volume, not volume 1's
+    release.set()
+    assert sender.wait(10)
+    assert delivered == ["first of volume 0", "of volume 1", "new of volume 0"]

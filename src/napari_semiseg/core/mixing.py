@@ -57,18 +57,33 @@ def blend_band(alpha: torch.Tensor) -> torch.Tensor:
     return 4.0 * alpha * (1.0 - alpha)
 
 
-def largest_component_per_class(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Keep, in each 2D map of (N, H, W) labels, only the largest connected region of each class.
+def largest_component_per_class(labels: torch.Tensor, n_classes: int, classes=None) -> torch.Tensor:
+    """Keep, in each 2D map of (N, H, W) labels, only the largest connected region of each class in
+    ``classes`` (default: every foreground class); the other classes are kept whole.
 
     Voxels of a class outside its largest region become background, as in BCP's pseudo-labels.
     """
     arr = labels.detach().cpu().numpy()
-    out = np.zeros_like(arr)
+    filtered = set(range(1, n_classes) if classes is None else classes)
+    out = np.where(np.isin(arr, list(filtered)), 0, arr)
     for i in range(arr.shape[0]):
-        for c in range(1, n_classes):
+        for c in filtered:
             comp, n = ndimage.label(arr[i] == c)
             if n == 0:
                 continue
             sizes = np.bincount(comp.ravel())[1:]
             out[i][comp == 1 + int(np.argmax(sizes))] = c
     return torch.from_numpy(out).to(labels.device)
+
+
+def regions_per_class(labels: torch.Tensor, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of connected regions, number of 2D maps holding the class) for each class of (N, H, W) labels."""
+    arr = labels.detach().cpu().numpy()
+    regions, present = np.zeros(n_classes), np.zeros(n_classes)
+    for i in range(arr.shape[0]):
+        for c in range(1, n_classes):
+            n = ndimage.label(arr[i] == c)[1]
+            if n:
+                regions[c] += n
+                present[c] += 1
+    return regions, present

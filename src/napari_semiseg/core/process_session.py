@@ -5,7 +5,8 @@ the viewer lives on: :meth:`ProcessSession.reports` raises :class:`TrainingProce
 sentence, and the model folder keeps the last checkpoint to resume from.
 
 Messages are pickled; any array of 1 MiB or more crosses through shared memory instead of the pipe
-(copied in by the sender, out by the receiver, which then frees the segment).
+(copied in by the sender, out by the receiver, which then frees the segment). A label update sends
+the slices that changed (:mod:`.label_sync`): both sides keep a copy of the labels.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, is_out_of_memory
+from .label_sync import LabelCopy
 from .session import LatestSender
 from .trainer import LabelUpdate, Report, TrainConfig
 
@@ -104,6 +106,7 @@ def _child_main(conn) -> None:
             except OSError:  # not allowed in this container or kernel: nice alone
                 pass
     volume_args = start["volumes"]
+    copies = _label_copies(volume_args)
     session = LocalSession(lambda: [Volume(**a) for a in volume_args], start["config"],
                            resume_from=start["resume_from"], out_dir=start["out_dir"], focus=start["focus"])
     closing = threading.Event()
@@ -121,7 +124,14 @@ def _child_main(conn) -> None:
                     closing.set()
                     session.stop()
                     return
-                if command in ("send", "focus", "pause", "resume", "stop"):
+                if command == "send":  # whole labels: this volume's first update, or one sent before the start
+                    update = args[0]
+                    copies[update.volume_index] = LabelCopy(update.labels, volume_args[update.volume_index].get("axis", 0),
+                                                            update.volume_index)
+                    session.send(update)
+                elif command == "slices":
+                    session.send(copies[args[0].volume_index].apply(args[0]))
+                elif command in ("focus", "pause", "resume", "stop"):
                     getattr(session, command)(*args)
                 elif command == "save":
                     channel.send(("reply", str(session.save(*args))))
@@ -139,6 +149,12 @@ def _child_main(conn) -> None:
     except Exception as err:  # noqa: BLE001
         channel.send(("error", _describe(err)))
     closing.wait()
+
+
+def _label_copies(volume_args: list[dict]) -> dict[int, LabelCopy]:
+    """Each labeled volume's labels as the other side has them at the start."""
+    return {i: LabelCopy(a["labels"], a.get("axis", 0), i) for i, a in enumerate(volume_args)
+            if a.get("labels") is not None}
 
 
 def _describe(err: BaseException) -> dict:
@@ -186,9 +202,11 @@ class ProcessSession:
         self._closed = False
         self.iteration = 0
         self.bytes_live = 0  # the live refreshes' pseudo-labels received, for benchmarks
+        self._axes: list[int] = []
         self.process = None
         self.channel: Channel | None = None
-        self._updates = LatestSender(lambda update: self._command("send", update), "semiseg-label-sender")
+        self._copies: dict[int, LabelCopy] = {}  # the labels as the child has them
+        self._updates = LatestSender(self._deliver, "semiseg-label-sender")
 
     # ---- the run
     def build(self) -> dict:
@@ -202,14 +220,19 @@ class ProcessSession:
         process = ctx.Process(target=_child_main, args=(theirs,), name="semiseg-training", daemon=True)
         process.start()
         theirs.close()
-        self.process, self.channel = process, Channel(ours)
-        self.channel.send({"volumes": args, "config": config, "resume_from": resume_from,
-                           "out_dir": None if out_dir is None else str(out_dir), "focus": focus, "nice": self._nice})
-        threading.Thread(target=self._read, name="semiseg-reader", daemon=True).start()
+        channel = Channel(ours)
+        channel.send({"volumes": args, "config": config, "resume_from": resume_from,
+                      "out_dir": None if out_dir is None else str(out_dir), "focus": focus, "nice": self._nice})
         with self._lock:
+            self.process, self.channel = process, channel
+            self._axes = [a.get("axis", 0) for a in args]
+            self._copies = _label_copies(args)
             for command in self._early:
+                if command[0] == "send":  # sent whole: the child's copy becomes these labels
+                    self._copies[command[1].volume_index] = self._copy_of(command[1])
                 self.channel.send(command)
             self._early.clear()
+        threading.Thread(target=self._read, name="semiseg-reader", daemon=True).start()
         if self._closed:  # closed while it was starting
             self.close()
         kind, *rest = self._reports.get()
@@ -284,8 +307,29 @@ class ProcessSession:
             pass
 
     def send(self, update: LabelUpdate) -> None:
-        """New trusted labels; copied to the child from another thread (see LatestSender)."""
-        self._updates.put(update)
+        """New trusted labels; the slices that changed go to the child from another thread (see
+        LatestSender)."""
+        self._updates.put(update, key=update.volume_index)
+
+    def wait_for_sends(self, timeout: float = 30.0) -> bool:
+        return self._updates.wait(timeout)
+
+    def _deliver(self, update: LabelUpdate) -> None:
+        with self._lock:
+            if self.channel is None:  # not started: sent whole with the start (see build)
+                self._early.append(("send", update))
+                return
+            copy = self._copies.get(update.volume_index)
+        if copy is None:  # a volume that had no labels: sent whole once
+            self._command("send", update)
+            self._copies[update.volume_index] = self._copy_of(update)
+            return
+        change = copy.changes(update)
+        self._command("slices", change)
+        copy.write(change)
+
+    def _copy_of(self, update: LabelUpdate) -> LabelCopy:
+        return LabelCopy(update.labels, self._axes[update.volume_index], update.volume_index)
 
     def focus(self, slice_index: int, volume_index: int = 0) -> None:
         self._command("focus", int(slice_index), int(volume_index))

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .label_sync import LabelCopy
 from .session import LatestSender
 from .trainer import LabelUpdate, Report, TrainConfig
-from .wire import SERVER_CHOOSES, pack, report_from, slice_stack, unpack
+from .wire import SERVER_CHOOSES, pack, report_from, unpack
 
 RECONNECT_SECONDS = 20.0  # how long a dropped connection is retried before the server counts as lost
 MAX_MESSAGE_BYTES = 4 << 30
@@ -51,8 +52,7 @@ class RemoteSession:
         self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=timeout)
         self._start = (volumes, config, focus)
         self._lock = threading.Lock()
-        self._sent: np.ndarray | None = None  # the labels as the server has them
-        self._axis = 0
+        self._sent: LabelCopy | None = None  # the labels as the server has them
         self._paused = False
         self.id: str | None = None
         self.iteration = 0
@@ -88,14 +88,14 @@ class RemoteSession:
         volumes, config, focus = self._start
         args = (volumes() if callable(volumes) else volumes)[0]
         labels = np.asarray(args["labels"])
-        self._axis = int(args.get("axis", 0)) if labels.ndim == 3 else 0
+        axis = int(args.get("axis", 0)) if labels.ndim == 3 else 0
         settings = {k: v for k, v in asdict(config).items() if k not in SERVER_CHOOSES}
-        meta = {"config": settings, "axis": self._axis, "channels": bool(args.get("channels", False)),
+        meta = {"config": settings, "axis": axis, "channels": bool(args.get("channels", False)),
                 "name": str(args.get("name", "image")), "focus": int(focus[1]) if focus else 0}
         body = pack(meta, image=np.asarray(args["image"]), labels=labels,
                     labeled=np.array(sorted(args["labeled"]), np.int64))
         self.id = self._request("POST", "/sessions", content=body).json()["id"]
-        self._sent = labels.copy()
+        self._sent = LabelCopy(labels, axis)
         if self._paused:
             self.pause()
         return {"device": "server", "iteration": 0}
@@ -194,14 +194,10 @@ class RemoteSession:
         with self._lock:
             if self._sent is None:
                 return
-            new = np.asarray(update.labels)
-            stack = slice_stack(new, self._axis)
-            changed = np.nonzero((stack != slice_stack(self._sent, self._axis)).reshape(len(stack), -1).any(1))[0]
-            planes = stack[changed]
-            body = pack({"labeled": sorted(int(i) for i in update.labeled)}, slices=changed.astype(np.int64),
-                        planes=np.ascontiguousarray(planes))
+            change = self._sent.changes(update)
+            body = pack({"labeled": sorted(change.labeled)}, slices=change.slices, planes=change.planes)
             self._request("POST", f"/sessions/{self.id}/labels", content=body)
-            self._sent = new.copy()
+            self._sent.write(change)
 
     def focus(self, slice_index: int, volume_index: int = 0) -> None:
         if self.id is not None:

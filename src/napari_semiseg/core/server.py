@@ -32,8 +32,9 @@ from starlette.exceptions import HTTPException
 
 from .errors import InputError
 from .process_session import ProcessSession
-from .trainer import LabelUpdate, TrainConfig
-from .wire import SERVER_CHOOSES, pack, report_message, slice_stack, unpack
+from .label_sync import ChangedSlices, LabelCopy
+from .trainer import TrainConfig
+from .wire import SERVER_CHOOSES, pack, report_message, unpack
 
 DEFAULT_MAX_UPLOAD_MB = 2048
 
@@ -44,7 +45,7 @@ class ServerSession:
 
     def __init__(self, sid: str, owner: str, volume: dict, config: TrainConfig, folder: Path, focus: int):
         self.id, self.owner, self.folder = sid, owner, folder
-        self.labels, self.labeled, self.axis = volume["labels"], set(volume["labeled"]), volume["axis"]
+        self.labels = LabelCopy(volume["labels"], volume["axis"])  # as the client has them
         self.session = ProcessSession([volume], config, out_dir=folder / "model", focus=(0, focus))
         self.subscribers: list[queue.Queue] = []
         self.ending: list[tuple] = []  # the last messages (final report, or the failure), replayed to late subscribers
@@ -82,18 +83,9 @@ class ServerSession:
             if q in self.subscribers:
                 self.subscribers.remove(q)
 
-    def update_labels(self, slices: list[int], planes: np.ndarray, labeled: list[int]) -> None:
+    def update_labels(self, slices: np.ndarray, planes: np.ndarray, labeled) -> None:
         """The changed slices only; the server's copy of the labels is completed and sent on."""
-        labeled = {int(i) for i in labeled}  # malformed: ValueError, 400, before anything changes
-        stack = slice_stack(self.labels, self.axis)  # writes go through to the labels
-        if any(not 0 <= i < len(stack) for i in slices):
-            raise InputError(f"A slice index is outside the volume's {len(stack)} slices.")
-        expected = (len(slices),) + stack.shape[1:]
-        if tuple(planes.shape) != expected:
-            raise InputError(f"The slices have shape {tuple(planes.shape)}, not {expected}.")
-        stack[slices] = planes
-        self.labeled = labeled
-        self.session.send(LabelUpdate(self.labels.copy(), set(self.labeled)))
+        self.session.send(self.labels.apply(ChangedSlices(slices, planes, labeled)))
 
     def summary(self) -> dict:
         return {"id": self.id, "state": self.state, "iteration": self.iteration}
@@ -242,9 +234,8 @@ def create_app(tokens: list[str], *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_M
     async def labels(sid: str, request: Request):
         s = session_of(request.headers.get("authorization"), sid)
         meta, arrays = unpack(await body_of(request), max_bytes)
-        slices = [int(i) for i in np.asarray(arrays.get("slices", np.zeros(0, int))).ravel()]
-        planes = arrays.get("planes", np.zeros((0,) + s.labels.shape[1:], s.labels.dtype))
-        s.update_labels(slices, planes, meta.get("labeled") or [])
+        s.update_labels(arrays.get("slices", np.zeros(0, np.int64)), arrays.get("planes", np.zeros(0, np.uint8)),
+                        meta.get("labeled") or [])
         return {"ok": True}
 
     @app.post("/sessions/{sid}/{command}")

@@ -20,28 +20,32 @@ from .trainer import LabelUpdate, Report, TrainConfig, Trainer
 
 
 class LatestSender:
-    """Delivers label updates from a thread of its own, newest only: the caller (the viewer's GUI
-    thread) returns at once, and an update still waiting is replaced by a newer one (each holds the
-    whole labels). Copying a CT's 79 MB of labels into shared memory, or posting a slice to a server,
-    in the GUI thread stalled the viewer for 0.45 s and 1 s (benchmarks/RESULTS.md §13)."""
+    """Delivers label updates from a thread of its own, newest only for each volume: the caller (the
+    viewer's GUI thread) returns at once, and an update still waiting is replaced by a newer one of
+    the same volume (each holds that volume's whole labels). Copying a CT's 79 MB of labels, or
+    posting a slice to a server, in the GUI thread stalled the viewer for 0.45 s and 1 s
+    (benchmarks/RESULTS.md §13)."""
 
     def __init__(self, deliver: Callable, name: str):
         self._deliver = deliver
         self._cv = threading.Condition()
-        self._item, self._waiting, self._busy = None, False, False
+        self._items: dict = {}  # key (volume index) -> the newest update waiting
+        self._busy = False
         threading.Thread(target=self._run, name=name, daemon=True).start()
 
-    def put(self, item) -> None:
+    def put(self, item, key=0) -> None:
         with self._cv:
-            self._item, self._waiting = item, True
+            self._items.pop(key, None)  # a replaced update goes to the back: updates keep their order
+            self._items[key] = item
             self._cv.notify_all()
 
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._waiting:
+                while not self._items:
                     self._cv.wait()
-                item, self._item, self._waiting, self._busy = self._item, None, False, True
+                key = next(iter(self._items))
+                item, self._busy = self._items.pop(key), True
             try:
                 self._deliver(item)
             except Exception:  # noqa: BLE001 - a lost trainer is reported by its report stream
@@ -54,7 +58,7 @@ class LatestSender:
     def wait(self, timeout: float = 30.0) -> bool:
         """Until every update given so far is delivered; False on timeout."""
         with self._cv:
-            return self._cv.wait_for(lambda: not (self._waiting or self._busy), timeout)
+            return self._cv.wait_for(lambda: not (self._items or self._busy), timeout)
 
 
 class LocalSession:

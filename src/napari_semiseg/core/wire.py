@@ -18,12 +18,6 @@ MAX_MEMBERS = 16
 SERVER_CHOOSES = ("unlabeled_dir", "device", "threads")
 
 
-def slice_stack(labels: np.ndarray, axis: int) -> np.ndarray:
-    """A view of ``labels`` as a stack of slices along ``axis`` (a 2D image is a stack of one):
-    label updates travel as the slices that changed."""
-    return np.moveaxis(labels, axis, 0) if labels.ndim == 3 else labels[None]
-
-
 def pack(meta: dict, **arrays: np.ndarray) -> bytes:
     """An .npz, deflated at level 1: label maps shrink nearly as much as at the default level, and a
     CT's 315 MB upload reaches the first pseudo-labels 4 s sooner (RESULTS §13)."""
