@@ -151,3 +151,22 @@ wait
 $BIN benchmark ../shared/data/chase_db1 --protocol dataset --test-count 8 --methods supervised,mean-teacher \
      --iterations 300 --threads 1 --repeats 2 --json $OUT/seeds/chase300_new.json > $OUT/seeds/chase300_new.log 2>&1
 .venv/bin/python benchmarks/loaded_vs_streamed.py ../shared/data/hippocampus_msd supervised 300 20 0 1 2 3
+
+# §16 (issue 12): BCP and SRA-Seg taken apart, and against supervised training over seeds, at 1000 steps
+mkdir -p $OUT/s16
+H="../shared/data/hippocampus_msd --protocol dataset --iterations 1000 --max-test 20 --threads 1"
+C="../shared/data/chase_db1 --protocol dataset --test-count 8 --iterations 1000 --threads 1"
+$BIN benchmark $C --methods "supervised,bcp[labeled_weight=0,largest_component=true,outside_largest=background],bcp[labeled_weight=0,largest_component=true],bcp[labeled_weight=0,largest_component=false],bcp[labeled_weight=0,largest_component=true,u_weight=0],bcp[labeled_weight=0,largest_component=true,pretrain_fraction=1.0]" \
+     --json $OUT/s16/chase_parts.json > $OUT/s16/chase_parts.log 2>&1 &
+$BIN benchmark $H --methods "supervised,bcp[labeled_weight=0,outside_largest=background],bcp[labeled_weight=0],bcp[labeled_weight=0,largest_component=false],bcp[labeled_weight=0,pretrain_fraction=1.0],bcp[labeled_weight=0,u_weight=0],bcp[u_weight=0],bcp[u_weight=0.1]" \
+     --json $OUT/s16/hip_parts.json > $OUT/s16/hip_parts.log 2>&1 &
+wait
+$BIN benchmark $H --repeats 3 --methods supervised,bcp,sra-seg --json $OUT/s16/hip_rep.json > $OUT/s16/hip_rep.log 2>&1 &
+$BIN benchmark $C --repeats 2 --methods supervised,bcp,sra-seg --json $OUT/s16/chase_rep.json > $OUT/s16/chase_rep.log 2>&1 &
+wait
+S="../shared/data/hippocampus_msd --protocol session --volumes 10 --k 3 --seconds 60 --axis 2 --threads 1"
+$BIN benchmark $S --methods supervised,bcp --json $OUT/s16/session_a.json > $OUT/s16/session_a.log 2>&1 &
+$BIN benchmark $S --methods "sra-seg,bcp[labeled_weight=0,largest_component=true,outside_largest=background]" \
+     --json $OUT/s16/session_b.json > $OUT/s16/session_b.log 2>&1 &
+wait
+.venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s16/session_a.json $OUT/s16/session_b.json
