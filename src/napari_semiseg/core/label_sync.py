@@ -53,7 +53,6 @@ class LabelCopy:
     def write(self, change: ChangedSlices) -> None:
         """Write the changed slices into this copy; InputError, before anything changes, for slices
         that do not fit it."""
-        _labeled_set(change.labeled)
         slices = np.asarray(change.slices).reshape(-1)
         if not slices.size:
             return
@@ -73,8 +72,9 @@ class LabelCopy:
     def apply(self, change: ChangedSlices) -> LabelUpdate:
         """The receiver's side: the changed slices written into this copy, as a trainer's update of
         its own array (the trainer keeps it while this copy takes the next change)."""
+        labeled = _labeled_set(change.labeled)  # malformed: refused before anything changes
         self.write(change)
-        return LabelUpdate(self.labels.copy(), _labeled_set(change.labeled), self.volume_index)
+        return LabelUpdate(self.labels.copy(), labeled, self.volume_index)
 
 
 def _labeled_set(labeled) -> set[int]:

@@ -126,8 +126,7 @@ def _child_main(conn) -> None:
                     return
                 if command == "send":  # whole labels: this volume's first update, or one sent before the start
                     update = args[0]
-                    copies[update.volume_index] = LabelCopy(update.labels, volume_args[update.volume_index].get("axis", 0),
-                                                            update.volume_index)
+                    copies[update.volume_index] = _copy_of_whole(update, [a.get("axis", 0) for a in volume_args])
                     session.send(update)
                 elif command == "slices":
                     session.send(copies[args[0].volume_index].apply(args[0]))
@@ -149,6 +148,11 @@ def _child_main(conn) -> None:
     except Exception as err:  # noqa: BLE001
         channel.send(("error", _describe(err)))
     closing.wait()
+
+
+def _copy_of_whole(update: LabelUpdate, axes: list[int]) -> LabelCopy:
+    """The copy after an update sent whole (each side makes the same one)."""
+    return LabelCopy(update.labels, axes[update.volume_index], update.volume_index)
 
 
 def _label_copies(volume_args: list[dict]) -> dict[int, LabelCopy]:
@@ -229,7 +233,7 @@ class ProcessSession:
             self._copies = _label_copies(args)
             for command in self._early:
                 if command[0] == "send":  # sent whole: the child's copy becomes these labels
-                    self._copies[command[1].volume_index] = self._copy_of(command[1])
+                    self._copies[command[1].volume_index] = _copy_of_whole(command[1], self._axes)
                 self.channel.send(command)
             self._early.clear()
         threading.Thread(target=self._read, name="semiseg-reader", daemon=True).start()
@@ -322,14 +326,11 @@ class ProcessSession:
             copy = self._copies.get(update.volume_index)
         if copy is None:  # a volume that had no labels: sent whole once
             self._command("send", update)
-            self._copies[update.volume_index] = self._copy_of(update)
+            self._copies[update.volume_index] = _copy_of_whole(update, self._axes)
             return
         change = copy.changes(update)
         self._command("slices", change)
         copy.write(change)
-
-    def _copy_of(self, update: LabelUpdate) -> LabelCopy:
-        return LabelCopy(update.labels, self._axes[update.volume_index], update.volume_index)
 
     def focus(self, slice_index: int, volume_index: int = 0) -> None:
         self._command("focus", int(slice_index), int(volume_index))
