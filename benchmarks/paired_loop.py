@@ -17,13 +17,14 @@ from napari_semiseg.core.comparison import paired  # noqa: E402
 
 
 def curves(paths, policy: str = "gain") -> dict[str, dict[str, list[float]]]:
-    """method -> volume -> Dice after each round, then with K+R even slices, then the ceiling."""
+    """method -> volume -> Dice after each round, then with K+R even slices and the ceiling (None
+    where the run did not train them: --curve-only)."""
     out: dict[str, dict[str, list[float]]] = {}
     for p in paths:
         for method, run in json.loads(Path(p).read_text())["methods"].items():
             for v in run["volumes"]:
                 out.setdefault(method, {})[v["case"]] = [pt["dice"] for pt in v["curves"][policy]] + [
-                    v["even_engine"]["dice"], v["ceiling"]["dice"]]
+                    v[key]["dice"] if v[key] else None for key in ("even_engine", "ceiling")]
     return out
 
 
@@ -41,6 +42,8 @@ def main(argv: list[str]) -> int:
         print(f"{method} vs {base_name} ({len(cases)} volumes):")
         for r, name in enumerate(names):
             a, b = [base[c][r] for c in cases], [per[c][r] for c in cases]
+            if None in a or None in b:  # a reference one of the runs did not train
+                continue
             res = paired(a, b)
             print(f"  {name}: {sum(a) / len(a):.3f} -> {sum(b) / len(b):.3f} "
                   f"({res.mean_difference:+.3f}), wins/losses {res.wins}/{res.losses}, Wilcoxon p = {res.p:.3f}")

@@ -25,8 +25,9 @@ def series(summary: dict) -> list[tuple[str, list[float], list[float], str]]:
     for pol, curve in summary["curves"].items():
         out.append((f"interpolation, {pol} slices", x, curve["interpolation"], "dotted"))
     out.append(("interpolation, evenly spaced", x, summary["even_interpolation"], "dotted"))
-    out.append((f"engine, {x[-1]} evenly spaced", [x[-1]], [summary["even_engine"]], "point"))
-    out.append(("ceiling (every slice labeled)", [x[0], x[-1]], [summary["ceiling"]] * 2, "dashed"))
+    if "ceiling" in summary:  # not in a --curve-only run
+        out.append((f"engine, {x[-1]} evenly spaced", [x[-1]], [summary["even_engine"]], "point"))
+        out.append(("ceiling (every slice labeled)", [x[0], x[-1]], [summary["ceiling"]] * 2, "dashed"))
     return out
 
 
@@ -99,9 +100,10 @@ def table(summary: dict) -> str:
                     + " |")
     rows.append("| interpolation, evenly spaced | " + " | ".join(f"{x:.3f}" for x in summary["even_interpolation"])
                 + " |")
-    rows.append(f"| engine, {counts[-1]} evenly spaced from the start | " + " | " * (len(counts) - 1)
-                + f"{summary['even_engine']:.3f} |")
-    rows.append("| ceiling: every slice labeled | " + " | " * (len(counts) - 1) + f"{summary['ceiling']:.3f} |")
+    if "ceiling" in summary:  # not in a --curve-only run
+        rows.append(f"| engine, {counts[-1]} evenly spaced from the start | " + " | " * (len(counts) - 1)
+                    + f"{summary['even_engine']:.3f} |")
+        rows.append("| ceiling: every slice labeled | " + " | " * (len(counts) - 1) + f"{summary['ceiling']:.3f} |")
     lines = ["\n".join(rows), ""]
     for key, label in (("final_vs_spacing", "spacing proposal"), ("final_vs_even_engine", "even slices from the start")):
         for pol, c in summary.get(key, {}).items():

@@ -170,3 +170,11 @@ $BIN benchmark $S --methods "sra-seg,bcp[labeled_weight=0,largest_component=true
      --json $OUT/s16/session_b.json > $OUT/s16/session_b.log 2>&1 &
 wait
 .venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s16/session_a.json $OUT/s16/session_b.json
+
+# §13, a later stop (issue 14): thread and child process on the CT, four runs each, alternating, on an idle machine
+mkdir -p $OUT/s17
+for i in 1 2 3 4; do
+  for place in thread process; do
+    xvfb-run -a .venv/bin/python benchmarks/responsiveness.py --ct --seconds 60 --place $place >> $OUT/s17/ct_interleave.log 2>&1
+  done
+done

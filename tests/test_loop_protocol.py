@@ -112,6 +112,15 @@ def test_loop_protocol_from_the_command_line_on_files(tmp_path, hippo_folder):
     assert res["summary"]["labeled_counts"] == [3, 4, 5]
     assert set(res["summary"]["curves"]) == {"gain", "spacing"}
     assert "final_vs_spacing" in res["summary"]
+    # the curves alone: the engine is not trained again on K+R even slices nor on every slice
+    r = run_cli("benchmark", str(data), "--protocol", "loop", "--k", "3", "--rounds", "1", "--iterations", "4",
+                "--axis", "2", "--methods", "supervised", "--policies", "gain", "--threads", "1", "--curve-only",
+                "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "even spacing: interpolation" in r.stdout and "ceiling" not in r.stdout
+    res = json.loads(out.read_text())["methods"]["supervised"]
+    assert res["summary"]["labeled_counts"] == [3, 4] and "ceiling" not in res["summary"]
+    assert all(not v["even_engine"] and not v["ceiling"] for v in res["volumes"])
     r = run_cli("benchmark", str(data), "--protocol", "loop", "--policies", "gain,random", "--iterations", "2",
                 "--axis", "2")
     assert r.returncode == 2 and "Unknown slice proposal 'random'" in r.stderr

@@ -105,19 +105,21 @@ def test_a_killed_child_is_one_sentence_and_the_next_session_resumes_from_its_ch
         again.close()
 
 
-@pytest.mark.parametrize("shape, axis", [((6, 7, 8), 0), ((6, 7, 8), 1), ((6, 7, 8), 2), ((7, 8), 0)])
+@pytest.mark.parametrize("shape, axis", [((19, 7, 8), 0), ((19, 7, 8), 1), ((19, 7, 8), 2), ((7, 8), 0)])
 def test_a_correction_travels_as_its_changed_slices_and_completes_the_other_sides_copy(shape, axis):
     labels = np.random.default_rng(0).integers(0, 3, shape).astype(np.uint8)
     sender, receiver = LabelCopy(labels, axis), LabelCopy(labels, axis)
     corrected = labels.copy()
     stack = slice_stack(corrected, axis if len(shape) == 3 else 0)
-    changed = [len(stack) - 1]
-    stack[changed[0]] = 3
-    change = sender.changes(LabelUpdate(corrected, {0, changed[0]}))
-    assert change.slices.tolist() == changed and change.planes.shape == (1,) + stack.shape[1:]
+    changed = sorted({0, len(stack) // 2, len(stack) - 1})
+    stack[changed[-1]] = 3
+    stack[changed[0]][-1, -1] = 3  # one voxel, in the array's last rows (the volume is compared in blocks of rows)
+    stack[changed[len(changed) // 2]][0, 0] = 3
+    change = sender.changes(LabelUpdate(corrected, {0, changed[-1]}))
+    assert change.slices.tolist() == changed and change.planes.shape == (len(changed),) + stack.shape[1:]
     sender.write(change)
     update = receiver.apply(change)
-    assert np.array_equal(update.labels, corrected) and update.labeled == {0, changed[0]}
+    assert np.array_equal(update.labels, corrected) and update.labeled == {0, changed[-1]}
     assert sender.changes(LabelUpdate(corrected, {0})).slices.size == 0  # nothing new: nothing to send
     update.labels[...] = 0  # the trainer's array is its own: the copy keeps the labels
     assert np.array_equal(receiver.labels, corrected)

@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     bm.add_argument("--policies", default="gain,spacing",
                     help="loop: how the next slice is proposed, comma-separated: gain (the widget's), "
                          "uncertainty (the most uncertain slice), spacing (the widest gap between labels)")
+    bm.add_argument("--curve-only", action="store_true",
+                    help="loop: the curves alone, without training the engine again on K+R evenly spaced slices "
+                         "and on every slice (a third of the time)")
     bm.add_argument("--anisotropic", type=AT_LEAST_ONE, default=1, metavar="STEP",
                     help="session: keep every STEP-th slice along the axis (thick slices)")
     bm.add_argument("--warm-start", action="store_true",
@@ -608,7 +611,7 @@ def _loop(args, bm, methods, cfg, data) -> dict:
     cases = bm.load_cases(data)
     cases = cases[: args.volumes] if args.volumes else cases
     out = {"protocol": "loop", "k": args.k, "rounds": args.rounds, "seconds": args.seconds,
-           "round_seconds": args.round_seconds, "iterations": args.iterations, "axis": args.axis,
+           "curve_only": args.curve_only, "round_seconds": args.round_seconds, "iterations": args.iterations, "axis": args.axis,
            "policies": policies, "methods": {}}
     for m in methods:
         rows = []
@@ -617,19 +620,21 @@ def _loop(args, bm, methods, cfg, data) -> dict:
                 c = bm.make_anisotropic(c, args.axis, args.anisotropic)
             r = bm.run_loop(c, m, k=args.k, rounds=args.rounds, axis=args.axis, seconds=args.seconds,
                             round_seconds=args.round_seconds, iterations=args.iterations, policies=policies,
-                            base_config=cfg)
+                            base_config=cfg, references=not args.curve_only)
             rows.append(r)
             tqdm.write(f"{r.case} {m}: " + "; ".join(
                 f"{pol} " + " ".join(f"{p['dice']:.3f}" for p in pts) for pol, pts in r.curves.items())
-                + f"; even K+R {r.even_engine['dice']:.3f}; ceiling {r.ceiling['dice']:.3f}")
+                + ("" if args.curve_only else
+                   f"; even K+R {r.even_engine['dice']:.3f}; ceiling {r.ceiling['dice']:.3f}"))
         summary = bm.loop_summary(rows)
         print(f"{m}: Dice on the slices not labeled, by slices labeled {summary['labeled_counts']}")
         for pol, curve in summary["curves"].items():
             print(f"  {pol:>11}: engine " + " ".join(f"{x:.3f}" for x in curve["engine"])
                   + " | interpolation " + " ".join(f"{x:.3f}" for x in curve["interpolation"]))
         print("  even spacing: interpolation " + " ".join(f"{x:.3f}" for x in summary["even_interpolation"])
-              + f" | engine at {summary['labeled_counts'][-1]} slices {summary['even_engine']:.3f}"
-              + f" | ceiling (all labeled) {summary['ceiling']:.3f}")
+              + ("" if args.curve_only else
+                 f" | engine at {summary['labeled_counts'][-1]} slices {summary['even_engine']:.3f}"
+                 f" | ceiling (all labeled) {summary['ceiling']:.3f}"))
         out["methods"][m] = {"volumes": [r.__dict__ for r in rows], "summary": summary}
     return out
 

@@ -251,13 +251,15 @@ def train_in_rounds(trainer: Trainer, marks: list[float], on_round) -> object:
 
 def run_loop(case: Case, method: str, *, k: int = 3, rounds: int = 3, axis: int = 0, seconds: float = 45.0,
              round_seconds: float = 15.0, iterations: int | None = None, round_iterations: int | None = None,
-             policies=("gain", "spacing"), base_config: TrainConfig | None = None) -> LoopResult:
+             policies=("gain", "spacing"), base_config: TrainConfig | None = None,
+             references: bool = True) -> LoopResult:
     """A simulated user: K evenly spaced slices, train, then ``rounds`` times the tool proposes a
     slice (``policies``: see proposal.propose_slice), the user corrects it (the reference labels of
     that slice reach the trainer as a LabelUpdate, as Accept-and-correct sends them) and training
     goes on. Beside each curve: interpolation from K, K+1, ... evenly spaced slices, the engine
     trained on K+R evenly spaced slices and on the fully labeled volume (the ceiling) for the same
-    total budget. Budgets are in seconds, or in steps where ``iterations`` is given."""
+    total budget (``references=False`` leaves these two trainings out: the curves alone cost a third).
+    Budgets are in seconds, or in steps where ``iterations`` is given."""
     from .proposal import propose_slice
 
     classes = [c for c in np.unique(case.labels) if c != 0]
@@ -302,7 +304,7 @@ def run_loop(case: Case, method: str, *, k: int = 3, rounds: int = 3, axis: int 
         result.even.append({"labeled": even, "interpolation": dice_off(interpolate_labels(case.labels, even, axis),
                                                                        even)})
     for key, labeled in (("even_engine", evenly_spaced_slices(case.labels, axis, k + rounds)),
-                         ("ceiling", list(range(n)))):
+                         ("ceiling", list(range(n)))) if references else ():
         # the ceiling is scored where the start slices are not: every slice it trained on but those
         scored = labeled if key == "even_engine" else start
         setattr(result, key, {"labeled": labeled, "dice": engine_dice(case, labeled, axis, cfg0, scored)})
@@ -332,11 +334,12 @@ def loop_summary(results: list[LoopResult]) -> dict:
             "interpolation": [float(np.mean([r.curves[pol][i]["interpolation"] for r in results]))
                               for i in range(rounds)]}
     out["even_interpolation"] = [float(np.mean([r.even[i]["interpolation"] for r in results])) for i in range(rounds)]
-    out["even_engine"] = float(np.mean([r.even_engine["dice"] for r in results]))
-    out["ceiling"] = float(np.mean([r.ceiling["dice"] for r in results]))
-    even_final = [r.even_engine["dice"] for r in results]
-    out["final_vs_even_engine"] = {pol: paired(even_final, [r.curves[pol][-1]["dice"] for r in results]).__dict__
-                                   for pol in policies}
+    if all(r.even_engine and r.ceiling for r in results):  # not when the loop ran without its references
+        out["even_engine"] = float(np.mean([r.even_engine["dice"] for r in results]))
+        out["ceiling"] = float(np.mean([r.ceiling["dice"] for r in results]))
+        even_final = [r.even_engine["dice"] for r in results]
+        out["final_vs_even_engine"] = {pol: paired(even_final, [r.curves[pol][-1]["dice"] for r in results]).__dict__
+                                       for pol in policies}
     if "spacing" in policies:
         spacing = [r.curves["spacing"][-1]["dice"] for r in results]
         out["final_vs_spacing"] = {pol: paired(spacing, [r.curves[pol][-1]["dice"] for r in results]).__dict__

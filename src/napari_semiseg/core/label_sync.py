@@ -15,6 +15,8 @@ import numpy as np
 from .errors import InputError
 from .trainer import LabelUpdate
 
+DIFF_ROWS = 8  # planes of the array (its first axis, contiguous in memory) compared at a time
+
 
 def slice_stack(labels: np.ndarray, axis: int) -> np.ndarray:
     """A view of ``labels`` as a stack of slices along ``axis`` (a 2D image is a stack of one)."""
@@ -46,7 +48,7 @@ class LabelCopy:
         new = slice_stack(np.asarray(update.labels), self.axis)
         if new.shape != self._stack.shape:
             raise InputError(f"The new labels have shape {np.asarray(update.labels).shape}, not {self.labels.shape}.")
-        changed = np.nonzero((new != self._stack).reshape(len(new), -1).any(1))[0].astype(np.int64)
+        changed = np.nonzero(_differing_slices(np.asarray(update.labels), self.labels, self.axis))[0].astype(np.int64)
         return ChangedSlices(changed, np.ascontiguousarray(new[changed]), _labeled_set(update.labeled),
                              self.volume_index)
 
@@ -75,6 +77,24 @@ class LabelCopy:
         labeled = _labeled_set(change.labeled)  # malformed: refused before anything changes
         self.write(change)
         return LabelUpdate(self.labels.copy(), labeled, self.volume_index)
+
+
+def _differing_slices(new: np.ndarray, old: np.ndarray, axis: int) -> np.ndarray:
+    """Which slices along ``axis`` differ (bool per slice), a few of the array's own planes at a time:
+    one comparison of the whole volume allocated a CT-sized mask (79 MB, 0.2 s of page faults on the
+    viewer's cores at each correction), and going slice by slice along a non-contiguous axis read the
+    whole volume once per slice."""
+    if new.ndim == 2:
+        return np.array([bool((new != old).any())])
+    changed = np.zeros(new.shape[axis], bool)
+    others = tuple(d for d in range(3) if d != axis)
+    for start in range(0, new.shape[0], DIFF_ROWS):
+        block = new[start:start + DIFF_ROWS] != old[start:start + DIFF_ROWS]
+        if axis == 0:
+            changed[start:start + len(block)] = block.reshape(len(block), -1).any(1)
+        else:
+            changed |= block.any(axis=others)
+    return changed
 
 
 def _labeled_set(labeled) -> set[int]:
