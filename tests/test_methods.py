@@ -18,7 +18,7 @@ from napari_semiseg.core.methods.sgrs import Regions, SGRSSettings, region_losse
 from napari_semiseg.core.methods.transmedseg import ClassStatistics, tsa_cross_entropy, tsa_logit_shift
 from napari_semiseg.core.mixing import blend_band, box_mask, largest_component_per_class, soft_alpha
 from napari_semiseg.core.checkpoint import load_method, predict_with_model
-from napari_semiseg.core.trainer import Trainer
+from napari_semiseg.core.trainer import LabelUpdate, Trainer
 from napari_semiseg.core.variants import parse_variant, split_methods, write_standin_synthetic
 from napari_semiseg.core.volume import Volume
 
@@ -499,3 +499,43 @@ def test_a_short_run_s_teacher_averages_its_last_steps_not_its_first(method):
     base = {"base_settings": {"teacher_window": 1}} if method == "transmedseg" else {"teacher_window": 1}
     assert 9.0 < lag_after_300_steps(None) < 40.0  # not a copy (0), not the decay's own horizon (≈ 100)
     assert lag_after_300_steps(base) > 90.0  # teacher_window=1 is the reference schedule
+
+
+# ------------------------------------------------------------------------------------------ corrections while training
+
+def test_after_a_correction_pseudo_labels_are_trusted_again_only_gradually():
+    settled, just, half = TrainState(1000, 0.9), TrainState(1000, 0.9, 1000), TrainState(1050, 0.9, 1000)
+    assert (settled.ramp(0.3, 600), just.ramp(0.3, 600), half.ramp(0.3, 600)) == (1.0, 0.0, 0.5)
+    assert TrainState(1000, 0.9, 1000, relabel_ramp=0).ramp(0.3, 600) == 1.0  # switched off
+    torch.manual_seed(0)
+    x_l, y_l = torch.rand(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32))
+    batch = Batch(x_l, y_l, torch.rand(2, 1, 32, 32))
+    sgrs = build_method("sgrs-net", 1, 2)
+    assert float(sgrs.training_step(batch, settled)["pseudo_weight"]) == pytest.approx(sgrs.settings.pseudo_weight)
+    assert float(sgrs.training_step(batch, just)["pseudo_weight"]) < 0.01 * sgrs.settings.pseudo_weight
+    # BCP: the pseudo-labeled half of each mix weighs nothing right after, its full u_weight later
+    bcp = build_method("bcp", 1, 2, {"labeled_weight": 0.0, "pretrain_fraction": 0.0})
+    bcp.self_training.fill_(True)
+    weights = {name: min(min(m.w_a, m.w_b) for m in bcp.mixes(batch, st))
+               for name, st in (("settled", settled), ("just", just))}
+    assert weights == {"settled": bcp.settings.u_weight, "just": 0.0}
+
+
+def test_a_correction_while_training_restarts_the_ramp_of_the_unlabeled_weight():
+    vol = tiny_volume(labeled=(1, 4))
+    trainer = Trainer([vol], fast_config(method="mean-teacher", iterations=None, relabel_ramp_iterations=4,
+                                         method_settings={"rampup_iterations": 1}))
+    weights = []
+    for report in trainer.run():
+        if "consistency_weight" in report.losses:
+            weights.append(report.losses["consistency_weight"])
+        if len(weights) == 3:
+            corrected = vol.labels.copy()
+            corrected[2] = corrected[1]
+            trainer.update_labels(LabelUpdate(corrected, {1, 2, 4}))
+        if len(weights) == 10:
+            trainer.stop()
+    full = pytest.approx(trainer.method.settings.consistency)
+    assert weights[1:3] == [full, full]
+    assert weights[3] < 0.001 < weights[4] < weights[5] < weights[6] < 0.099  # the step after, then back up
+    assert weights[7:10] == [full] * 3

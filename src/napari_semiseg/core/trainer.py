@@ -29,7 +29,7 @@ from .errors import InputError
 from .inference import (InputSpec, Prediction, Runtime, SlicePrediction, autocast_for, predict_some,
                         predict_volume, prepare)
 from .methods import METHODS, build_method
-from .methods.base import TrainState
+from .methods.base import RELABEL_RAMP_ITERATIONS, TrainState
 from .sampling import TwoStreamSampler
 from .streaming import StreamedDataSet, StreamingSampler
 from .settings import check_types, require
@@ -72,6 +72,7 @@ class TrainConfig:
     checkpoint_seconds: float = 60.0  # a crash or kill loses at most this much training
     sync_batchnorm: bool = False  # under torchrun on GPUs: batch-norm statistics over every rank's batch
     loader_workers: int | None = None  # processes reading a streamed data set; None: 4 on a GPU, 1 on a CPU (0: none)
+    relabel_ramp_iterations: int = RELABEL_RAMP_ITERATIONS  # unlabeled weight re-ramps after a correction; 0: off
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,6 +104,8 @@ class TrainConfig:
         require(self.threads is None or self.threads >= 1, f"threads must be at least 1, not {self.threads}.")
         require(self.loader_workers is None or 0 <= self.loader_workers <= 64,
                 f"loader_workers must be from 0 to 64, not {self.loader_workers}.")
+        require(self.relabel_ramp_iterations >= 0,
+                f"relabel_ramp_iterations must not be negative, not {self.relabel_ramp_iterations}.")
         require(self.report_every >= 1, f"report_every must be at least 1, not {self.report_every}.")
         require(self.first_refresh_seconds >= 0 and self.refresh_seconds >= 0,
                 "refresh_seconds and first_refresh_seconds must not be negative.")
@@ -295,6 +298,7 @@ class Trainer:
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._pending: list[LabelUpdate] = []
+        self._relabeled_at: int | None = None  # the step at which the labels last changed while training
         self._lock = threading.Lock()
 
     # ---- control (thread-safe)
@@ -354,6 +358,7 @@ class Trainer:
         for up in pending:
             self.volumes[up.volume_index].set_labels(up.labels, up.labeled)
         if pending:
+            self._relabeled_at = self.iteration
             self._check_labels_fit()
             self.sampler.refresh()
             self.method.bind_labeled_bank(self.sampler)
@@ -395,7 +400,7 @@ class Trainer:
 
     def step(self, progress: float | None) -> dict[str, float]:
         """One optimiser step on one two-stream batch."""
-        state = TrainState(self.iteration, progress)
+        state = TrainState(self.iteration, progress, self._relabeled_at, self.config.relabel_ramp_iterations)
         # with every slice labeled there is nothing unlabeled to learn from: the consistency term would
         # only cost steps (the loop protocol's fully labeled volume: -0.016 on 10 of 10, RESULTS §11.5)
         unlabeled = self.method.needs_unlabeled(state) and not (

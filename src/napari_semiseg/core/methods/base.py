@@ -34,14 +34,34 @@ class Batch:
 MIN_RAMP_ITERATIONS = 200
 
 
+# After the labels change while training (a correction), the pseudo-labels come from networks that
+# have not learned the new labels yet and would teach the old answer around them: every method's
+# unlabeled weight ramps up again over this many steps (the EMA teacher's window at its default
+# decay, 1 / (1 - 0.99)). SGRS-Net's Dice fell after corrections without it (RESULTS §17).
+RELABEL_RAMP_ITERATIONS = 100
+
+
 @dataclass
 class TrainState:
     iteration: int
     progress: float | None  # fraction of the budget used, None when training runs until stopped
+    relabeled_at: int | None = None  # the step at which the labels last changed while training
+    relabel_ramp: int = RELABEL_RAMP_ITERATIONS
+
+    def trust(self) -> float:
+        """How far pseudo-labels are trusted again since the labels last changed: 0 at that step, 1
+        ``relabel_ramp`` steps later (and when they have not changed)."""
+        if self.relabeled_at is None or self.relabel_ramp <= 0:
+            return 1.0
+        return min(1.0, max(0.0, (self.iteration - self.relabeled_at) / self.relabel_ramp))
 
     def ramp(self, fraction: float, fallback_iterations: int, floor: int = MIN_RAMP_ITERATIONS) -> float:
         """Ramp-up position in [0, 1]: over ``fraction`` of the budget but never in fewer than
-        ``floor`` steps, or over ``fallback_iterations`` steps when training runs until stopped."""
+        ``floor`` steps, or over ``fallback_iterations`` steps when training runs until stopped; and
+        never beyond :meth:`trust`."""
+        return min(self._ramp(fraction, fallback_iterations, floor), self.trust())
+
+    def _ramp(self, fraction: float, fallback_iterations: int, floor: int) -> float:
         if fraction <= 0:  # no ramp asked for
             return 1.0
         if self.progress is not None:

@@ -187,8 +187,9 @@ class BCP(TeacherMixin, Method):
         n = min(len(ua), len(xa))
         ua, ub, xa, xb, ya, yb = ua[:n], ub[:n], xa[:n], xb[:n], ya[:n], yb[:n]
         pa, pb = self.pseudo_labels(ua), self.pseudo_labels(ub)
-        return [paste(ua, xa, alpha, pa, ya, s.u_weight, 1.0, trusted_a=False),  # "inward": labeled box
-                paste(xb, ub, alpha, yb, pb, 1.0, s.u_weight, trusted_b=False)]  # "outward": unlabeled box
+        u = s.u_weight * state.trust()  # a correction's news is not yet in the teacher's pseudo-labels
+        return [paste(ua, xa, alpha, pa, ya, u, 1.0, trusted_a=False),  # "inward": labeled box
+                paste(xb, ub, alpha, yb, pb, 1.0, u, trusted_b=False)]  # "outward": unlabeled box
 
     def step_with_features(self, batch: Batch, state: TrainState):
         pretraining = self.in_pretraining(state)

@@ -96,7 +96,7 @@ class MeanTeacher(TeacherMixin, Method):
         s = self.settings
         i0, p0 = self._warm_end
         since = TrainState(state.iteration - i0, None if state.progress is None else state.progress - p0)
-        return sigmoid_rampup(since.ramp(s.rampup_fraction, s.rampup_iterations), 1.0)
+        return sigmoid_rampup(min(since.ramp(s.rampup_fraction, s.rampup_iterations), state.trust()), 1.0)
 
     def predictor(self):
         return Predictor(self.teacher)
