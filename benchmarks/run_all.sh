@@ -178,3 +178,22 @@ for i in 1 2 3 4; do
     xvfb-run -a .venv/bin/python benchmarks/responsiveness.py --ct --seconds 60 --place $place >> $OUT/s17/ct_interleave.log 2>&1
   done
 done
+
+# §17.1 (issue 12): the loop protocol with every method, the curves alone
+L="--protocol loop --k 3 --rounds 3 --seconds 45 --round-seconds 15 --axis 2 --threads 1 --policies gain --curve-only --methods supervised,mean-teacher,bcp,sra-seg,sgrs-net,barl,transmedseg"
+$BIN benchmark $OUT/loopA $L --json $OUT/s17/loop_all_a.json > $OUT/s17/loop_all_a.log 2>&1 &
+$BIN benchmark $OUT/loopB $L --json $OUT/s17/loop_all_b.json > $OUT/s17/loop_all_b.log 2>&1 &
+wait
+.venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s17/loop_all_a.json $OUT/s17/loop_all_b.json
+# §17.2: SGRS-Net on volume 008, and the loop at equal steps with and without the ramp after a correction
+mkdir -p $OUT/s17/v008/images $OUT/s17/v008/labels
+for d in images labels; do ln -sf "$(realpath $HIPPO/$d/hippocampus_008.nii.gz)" $OUT/s17/v008/$d/; done
+$BIN benchmark $OUT/s17/v008 --protocol loop --k 3 --rounds 3 --iterations 470 --axis 2 --threads 1 --policies gain \
+     --curve-only --methods "supervised,sgrs-net,sgrs-net[pseudo_weight=0],mean-teacher" --json $OUT/s17/v008_loop.json
+for it in 470 940; do
+  $BIN benchmark $OUT/s17/v008 --protocol session --k 3 --iterations $it --axis 2 --threads 1 --methods supervised,sgrs-net,mean-teacher
+done
+R="$HIPPO --volumes 10 --protocol loop --k 3 --rounds 3 --iterations 470 --axis 2 --threads 1 --policies gain --curve-only --methods sgrs-net,mean-teacher"
+$BIN benchmark $R --json $OUT/s17/rr_on.json > $OUT/s17/rr_on.log 2>&1 &
+$BIN benchmark $R --set relabel_ramp_iterations=0 --json $OUT/s17/rr_off.json > $OUT/s17/rr_off.log 2>&1 &
+wait
