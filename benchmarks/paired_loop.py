@@ -1,9 +1,11 @@
 """Loop-protocol runs compared per volume against one method, after each round of the gain proposal.
 
     python benchmarks/paired_loop.py --against supervised RUN.json [RUN2.json ...]
+    python benchmarks/paired_loop.py --before BEFORE.json AFTER.json
 
 RUN files are `napari-semiseg benchmark --protocol loop --json` outputs; runs of the same method on
-different volumes (the two halves of run_all.sh) are merged.
+different volumes (the two halves of run_all.sh) are merged. ``--before`` compares each method of
+AFTER with the same method in BEFORE (a change of setting, e.g. --set relabel_ramp_iterations=0).
 """
 
 from __future__ import annotations
@@ -29,25 +31,35 @@ def curves(paths, policy: str = "gain") -> dict[str, dict[str, list[float]]]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 3 or argv[0] != "--against":
+    if len(argv) < 3 or argv[0] not in ("--against", "--before"):
         print(__doc__)
         return 2
+    if argv[0] == "--before":
+        before, after = curves([argv[1]]), curves(argv[2:])
+        for method in after:
+            compare(f"{method}, before", before[method], method, after[method])
+        return 0
     base_name, found = argv[1], curves(argv[2:])
     base = found.pop(base_name)
     for method, per in found.items():
-        cases = sorted(set(per) & set(base))
-        rounds = len(base[cases[0]]) - 2
-        names = [f"after {r} corrections" for r in range(rounds)] + [
-            f"{rounds - 1} more even slices from the start", "every slice labeled (ceiling)"]
-        print(f"{method} vs {base_name} ({len(cases)} volumes):")
-        for r, name in enumerate(names):
-            a, b = [base[c][r] for c in cases], [per[c][r] for c in cases]
-            if None in a or None in b:  # a reference one of the runs did not train
-                continue
-            res = paired(a, b)
-            print(f"  {name}: {sum(a) / len(a):.3f} -> {sum(b) / len(b):.3f} "
-                  f"({res.mean_difference:+.3f}), wins/losses {res.wins}/{res.losses}, Wilcoxon p = {res.p:.3f}")
+        compare(base_name, base, method, per)
     return 0
+
+
+def compare(base_name: str, base: dict, method: str, per: dict) -> None:
+    """Per volume, after each round (and the references where both runs trained them)."""
+    cases = sorted(set(per) & set(base))
+    rounds = len(base[cases[0]]) - 2
+    names = [f"after {r} corrections" for r in range(rounds)] + [
+        f"{rounds - 1} more even slices from the start", "every slice labeled (ceiling)"]
+    print(f"{method} vs {base_name} ({len(cases)} volumes):")
+    for r, name in enumerate(names):
+        a, b = [base[c][r] for c in cases], [per[c][r] for c in cases]
+        if None in a or None in b:  # a reference one of the runs did not train
+            continue
+        res = paired(a, b)
+        print(f"  {name}: {sum(a) / len(a):.3f} -> {sum(b) / len(b):.3f} "
+              f"({res.mean_difference:+.3f}), wins/losses {res.wins}/{res.losses}, Wilcoxon p = {res.p:.3f}")
 
 
 if __name__ == "__main__":

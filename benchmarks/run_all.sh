@@ -197,3 +197,4 @@ R="$HIPPO --volumes 10 --protocol loop --k 3 --rounds 3 --iterations 470 --axis 
 $BIN benchmark $R --json $OUT/s17/rr_on.json > $OUT/s17/rr_on.log 2>&1 &
 $BIN benchmark $R --set relabel_ramp_iterations=0 --json $OUT/s17/rr_off.json > $OUT/s17/rr_off.log 2>&1 &
 wait
+.venv/bin/python benchmarks/paired_loop.py --before $OUT/s17/rr_off.json $OUT/s17/rr_on.json
