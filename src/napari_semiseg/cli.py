@@ -611,7 +611,8 @@ def _loop(args, bm, methods, cfg, data) -> dict:
     cases = bm.load_cases(data)
     cases = cases[: args.volumes] if args.volumes else cases
     out = {"protocol": "loop", "k": args.k, "rounds": args.rounds, "seconds": args.seconds,
-           "curve_only": args.curve_only, "round_seconds": args.round_seconds, "iterations": args.iterations, "axis": args.axis,
+           "curve_only": args.curve_only, "round_seconds": args.round_seconds, "iterations": args.iterations,
+           "axis": args.axis,
            "policies": policies, "methods": {}}
     for m in methods:
         rows = []

@@ -45,10 +45,11 @@ class LabelCopy:
     def changes(self, update: LabelUpdate) -> ChangedSlices:
         """The sender's side: the slices of ``update`` that differ from this copy (which it leaves as
         it is: :meth:`write` them once they are delivered)."""
-        new = slice_stack(np.asarray(update.labels), self.axis)
+        labels = np.asarray(update.labels)
+        new = slice_stack(labels, self.axis)
         if new.shape != self._stack.shape:
-            raise InputError(f"The new labels have shape {np.asarray(update.labels).shape}, not {self.labels.shape}.")
-        changed = np.nonzero(_differing_slices(np.asarray(update.labels), self.labels, self.axis))[0].astype(np.int64)
+            raise InputError(f"The new labels have shape {labels.shape}, not {self.labels.shape}.")
+        changed = np.nonzero(_differing_slices(labels, self.labels, self.axis))[0].astype(np.int64)
         return ChangedSlices(changed, np.ascontiguousarray(new[changed]), _labeled_set(update.labeled),
                              self.volume_index)
 
