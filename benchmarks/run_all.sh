@@ -198,3 +198,24 @@ $BIN benchmark $R --json $OUT/s17/rr_on.json > $OUT/s17/rr_on.log 2>&1 &
 $BIN benchmark $R --set relabel_ramp_iterations=0 --json $OUT/s17/rr_off.json > $OUT/s17/rr_off.log 2>&1 &
 wait
 .venv/bin/python benchmarks/paired_loop.py --before $OUT/s17/rr_off.json $OUT/s17/rr_on.json
+# §18: SGRS-Net's pseudo-labels through per-class adaptive thresholds (own, frequency) against none (equal steps).
+# (The runs of RESULTS §18 named the frequency rule class_thresholds=true and "off" class_thresholds=false.)
+V="sgrs-net[thresholds=off],sgrs-net[thresholds=frequency],sgrs-net"
+mkdir -p $OUT/s18/v008/images $OUT/s18/v008/labels
+for d in images labels; do ln -sf "$(realpath $HIPPO/$d/hippocampus_008.nii.gz)" $OUT/s18/v008/$d/; done
+for it in 470 940; do
+  $BIN benchmark $OUT/s18/v008 --protocol session --k 3 --iterations $it --axis 2 --threads 1 \
+       --methods "supervised,$V" --json $OUT/s18/v008_$it.json > $OUT/s18/v008_$it.log 2>&1 &
+done
+wait
+$BIN benchmark $HIPPO --volumes 10 --protocol loop --k 3 --rounds 3 --iterations 470 --axis 2 --threads 1 --policies gain \
+     --curve-only --methods "supervised,$V" --json $OUT/s18/loop_sgrs.json > $OUT/s18/loop_sgrs.log 2>&1 &
+( $BIN benchmark ../shared/data/chase_db1 --protocol dataset --test-count 8 --iterations 1000 --threads 1 \
+       --methods "supervised,$V" --json $OUT/s18/chase_sgrs.json > $OUT/s18/chase_sgrs.log 2>&1
+  $BIN benchmark $HIPPO --protocol dataset --iterations 1000 --max-test 20 --threads 1 \
+       --methods "supervised,$V,bcp" --json $OUT/s18/hip_sgrs.json > $OUT/s18/hip_sgrs.log 2>&1 ) &
+wait
+.venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s18/loop_sgrs.json
+.venv/bin/python benchmarks/paired_loop.py --against "sgrs-net[thresholds=off]" $OUT/s18/loop_sgrs.json
+.venv/bin/python benchmarks/summarise.py --per-image $OUT/s18/chase_sgrs.json
+.venv/bin/python benchmarks/summarise.py --per-image --against "sgrs-net[thresholds=off]" $OUT/s18/hip_sgrs.json

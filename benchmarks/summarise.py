@@ -129,8 +129,11 @@ def per_image_dataset_table(paths: list[Path], baseline: str = "supervised") -> 
 
 
 def main():
-    if len(sys.argv) > 2 and sys.argv[1] == "--per-image":
-        print(per_image_dataset_table([Path(p) for p in sys.argv[2:]]))
+    if len(sys.argv) > 2 and sys.argv[1] == "--per-image":  # [--against METHOD] RUN.json [RUN2.json ...]
+        args, baseline = sys.argv[2:], "supervised"
+        if args[0] == "--against":
+            baseline, args = args[1], args[2:]
+        print(per_image_dataset_table([Path(p) for p in args], baseline))
         return
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/out")
     for name in ("session_iso", "session_aniso", "session_warm", "session_uncertainty"):

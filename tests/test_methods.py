@@ -16,6 +16,7 @@ from napari_semiseg.core.methods.barl import components, masked_prototypes, matc
 from napari_semiseg.core.methods.base import Batch, TrainState
 from napari_semiseg.core.methods.sgrs import Regions, SGRSSettings, region_losses, synergy_regions
 from napari_semiseg.core.methods.transmedseg import ClassStatistics, tsa_cross_entropy, tsa_logit_shift
+from napari_semiseg.core.pseudo_labels import ClassThresholds
 from napari_semiseg.core.mixing import blend_band, box_mask, largest_component_per_class, soft_alpha
 from napari_semiseg.core.checkpoint import load_method, predict_with_model
 from napari_semiseg.core.trainer import LabelUpdate, Trainer
@@ -202,6 +203,59 @@ def test_sgrs_region_rules():
     a = region_losses(logits, pseudo, all_c, SGRSSettings())
     b = region_losses(logits, pseudo, all_c, SGRSSettings(inconsistent="hard"))
     assert torch.allclose(a["ce"], b["ce"])
+
+
+def _background_heavy_stream(n_classes: int = 2) -> torch.Tensor:
+    """Teacher probabilities as on a medical image: sure background nearly everywhere, a little
+    foreground, sure in its middle (0.9) and doubtful at its edge (0.6)."""
+    probs = torch.zeros(2, n_classes, 16, 16)
+    probs[:, 0], probs[:, 1] = 0.98, 0.02
+    probs[:, 0, :4, :4], probs[:, 1, :4, :4] = 0.4, 0.6
+    probs[:, 0, :3, :3], probs[:, 1, :3, :3] = 0.1, 0.9
+    return probs
+
+
+DOUBTFUL_BG, DOUBTFUL_FG, SURE_BG, SURE_FG = [0.7, 0.3], [0.4, 0.6], [0.99, 0.01], [0.05, 0.95]
+PIXELS = torch.tensor([DOUBTFUL_BG, DOUBTFUL_FG, SURE_BG, SURE_FG]).T[None, :, None, :]  # (1, 2, 1, 4)
+
+
+@pytest.mark.parametrize("rule, kept", [
+    # background must be as sure as the teacher is on average; any foreground counts
+    ("frequency", [False, True, True, True]),
+    # each class must be as sure as the teacher is on average where it predicts that class
+    ("own", [False, False, True, True]),
+])
+def test_adaptive_thresholds_leave_out_doubtful_background(rule, kept):
+    th = ClassThresholds(2, rule, momentum=0.9)
+    assert th.keep(PIXELS).all()  # nothing learned yet: every pseudo-label counts, as without thresholds
+    for _ in range(200):
+        th.update(_background_heavy_stream())
+    assert th.keep(PIXELS).tolist() == [[kept]]
+    if rule == "own":  # a class the teacher stops predicting keeps the threshold it had
+        before = float(th.thresholds()[1])
+        th.update(torch.tensor([0.99, 0.01])[None, :, None, None].expand(2, 2, 16, 16))
+        assert float(th.thresholds()[1]) == before
+
+
+def test_sgrs_pseudo_labels_below_their_class_threshold_teach_nothing():
+    torch.manual_seed(0)
+    logits = (0.5 * torch.randn(1, 2, 8, 8)).requires_grad_()
+    pseudo = torch.randint(0, 2, (1, 8, 8))
+    everywhere = torch.ones(1, 8, 8, dtype=torch.bool)
+    counted = torch.zeros_like(everywhere)
+    counted[:, :4] = True
+    parts = region_losses([logits], pseudo, Regions(everywhere, ~everywhere, counted), SGRSSettings())
+    grad = torch.autograd.grad(parts["ce"] + parts["dice"], logits)[0]
+    assert grad[:, :, 4:].abs().max() == 0 and grad[:, :, :4].abs().max() > 0
+    # in a training step: once the teacher is known to be sure of its background, a fresh teacher's
+    # doubtful background is left out; with the thresholds off every pixel counts
+    batch = Batch(torch.rand(2, 1, 16, 16), torch.randint(0, 2, (2, 16, 16)), torch.rand(2, 1, 16, 16))
+    for rule in ("own", "frequency", "off"):
+        sgrs = build_method("sgrs-net", 1, 2, {"thresholds": rule})
+        for _ in range(200 if sgrs.thresholds is not None else 0):
+            sgrs.thresholds.update(_background_heavy_stream())
+        counted = float(sgrs.training_step(batch, TrainState(500, 0.5))["counted_fraction"])
+        assert counted < 0.9 if rule != "off" else counted == 1.0
 
 
 # ------------------------------------------------------------------------------------------ BARL

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..inference import PredictorOutput
 from ..losses import normalised_entropy, one_hot, sigmoid_rampup, soft_dice_loss, split_known, supervised_loss
+from ..pseudo_labels import RULES, ClassThresholds
 from .base import (Batch, Method, StepFeatures, TeacherMixin, TeacherSettings, TrainState,
                    check_choice, noisy)
 
@@ -43,12 +44,17 @@ class SGRSSettings(TeacherSettings):
     dice_smooth_inconsistent: float = 20.0
     inconsistent: str = "soft"  # "soft" (SGRS), "hard" (as consistent) or "exclude": ablations
     exclude_uncertain: bool = True
+    # pseudo-labels below their class's adaptive confidence threshold teach nothing: "own", "frequency"
+    # (pseudo_labels.py) or "off" (the paper); without them the structure shrank as training went on
+    # (RESULTS §18)
+    thresholds: str = "own"
 
 
 @dataclass
 class Regions:
     consistent: torch.Tensor  # (N, H, W) bool: both views predict the same class
     uncertain: torch.Tensor  # either view's normalised entropy above the threshold
+    counted: torch.Tensor | None = None  # pixels whose pseudo-label counts at all (None: every one)
 
     @property
     def consistent_certain(self):
@@ -75,6 +81,8 @@ def region_losses(logits: list[torch.Tensor], pseudo: torch.Tensor, regions: Reg
     inc_cert = regions.inconsistent_certain
     if not s.exclude_uncertain:
         cons_cert, inc_cert = regions.consistent, ~regions.consistent
+    if regions.counted is not None:
+        cons, cons_cert, inc_cert = cons * regions.counted, cons_cert & regions.counted, inc_cert & regions.counted
     ce_terms, dice_terms = [], []
     for lg in logits:
         ce = F.cross_entropy(lg.float(), pseudo, reduction="none")
@@ -122,6 +130,9 @@ class SGRSNet(TeacherMixin, Method):
         check_choice("inconsistent", self.settings.inconsistent, INCONSISTENT_RULES)
         self._make_teacher()
         self._beta = torch.distributions.Beta(self.settings.mix_alpha, self.settings.mix_alpha)
+        check_choice("thresholds", self.settings.thresholds, RULES + ("off",))
+        rule = self.settings.thresholds
+        self.thresholds = ClassThresholds(n_classes, rule) if rule != "off" else None
 
     def predictor(self):
         return ViewDisagreement(self.teacher, self.settings.noise_std, self.settings.noise_clip)
@@ -140,7 +151,10 @@ class SGRSNet(TeacherMixin, Method):
         with torch.no_grad():
             self.teacher.eval()
             logits_t, feats_t = self.teacher(x_n, return_features=True)
-            pseudo = logits_t.argmax(1)
+            probs_t = torch.softmax(logits_t.float(), 1)
+            pseudo = probs_t.argmax(1)
+            if self.thresholds is not None:
+                self.thresholds.update(probs_t)
         x_mix = self.mix(x_n, batch.x_l)
         logits_l, feats_l = self.student(batch.x_l, return_features=True)
         logits_u = self.student(torch.cat([batch.x_u, x_mix]))
@@ -148,15 +162,19 @@ class SGRSNet(TeacherMixin, Method):
         sup = supervised_loss(logits_l, batch.y_l)
         regions = synergy_regions(torch.softmax(lu.float(), 1).detach(), torch.softmax(lm.float(), 1).detach(),
                                   s.entropy_threshold)
+        if self.thresholds is not None:
+            regions.counted = self.thresholds.keep(probs_t)
         parts = region_losses([lu, lm], pseudo, regions, s)
+        counted = torch.ones(()) if regions.counted is None else regions.counted.float().mean()
         pseudo_loss = 0.5 * (parts["ce"] + parts["dice"])
         w = s.pseudo_weight * sigmoid_rampup(state.ramp(s.rampup_fraction, s.rampup_iterations), 1.0)
         known_labels, known = split_known(batch.y_l)
         features = StepFeatures(source={"features": feats_l["decoder"], "labels": known_labels, "mask": known},
-                                target={"features": feats_t["decoder"], "probs": torch.softmax(logits_t.float(), 1)})
+                                target={"features": feats_t["decoder"], "probs": probs_t})
         return {"loss": sup + w * pseudo_loss, "supervised": sup.detach(), "pseudo": pseudo_loss.detach(),
                 "consistent_fraction": regions.consistent.float().mean(),
-                "uncertain_fraction": regions.uncertain.float().mean(), "pseudo_weight": torch.tensor(w)}, features
+                "uncertain_fraction": regions.uncertain.float().mean(), "pseudo_weight": torch.tensor(w),
+                "counted_fraction": counted}, features
 
     @torch.no_grad()
     def after_step(self, state: TrainState):
