@@ -124,6 +124,15 @@ def _pids_of_rank(rank: int, near: int) -> list[int]:
     return out
 
 
+def _wait_for_a_checkpoint(proc: subprocess.Popen, out: Path) -> None:
+    """Until the run has saved its model once, and a little longer."""
+    deadline = time.time() + 120
+    while not (out / "model" / "config.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint was written"
+        time.sleep(0.2)
+    time.sleep(1.0)
+
+
 def test_killing_one_rank_ends_the_run_with_one_clear_sentence_and_a_usable_checkpoint(tmp_path):
     data = write_data_set(tmp_path / "data")
     out = tmp_path / "run"
@@ -132,11 +141,7 @@ def test_killing_one_rank_ends_the_run_with_one_clear_sentence_and_a_usable_chec
                    extra=standalone())
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     try:
-        deadline = time.time() + 120
-        while not (out / "model" / "config.json").exists():
-            assert proc.poll() is None and time.time() < deadline, "no checkpoint was written"
-            time.sleep(0.2)
-        time.sleep(1.0)
+        _wait_for_a_checkpoint(proc, out)
         victims = _pids_of_rank(1, proc.pid)
         assert victims
         for pid in victims:  # the rank and its data-reading workers, as the OOM killer would
@@ -178,3 +183,24 @@ def test_sync_batchnorm_on_cpu_processes_is_refused_in_one_sentence(tmp_path):
     assert out.returncode != 0
     assert "napari-semiseg: error: sync_batchnorm needs GPUs (NCCL)" in out.stderr
     assert "]: Traceback" not in out.stderr  # no rank's traceback (torchrun prints its own summary after ours)
+
+
+def test_a_sigterm_to_the_whole_process_group_saves_and_stops_cleanly(tmp_path):
+    """A cluster's time limit (or torchrun) signals every process of the job, the data-reading workers too:
+    the run must stop as from Ctrl-C, not as a loader error because a worker died first."""
+    data = write_data_set(tmp_path / "data")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "napari_semiseg", "train", str(data), "--out", str(out), "--minutes", "5",
+           "--threads", "1", "--set", "checkpoint_seconds=0.5", "--set", "batch_size=4", "--set", "patch_size=32"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            start_new_session=True)
+    try:
+        _wait_for_a_checkpoint(proc, out)
+        os.killpg(proc.pid, signal.SIGTERM)
+        text = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, text[-3000:]
+    assert "internal error" not in text and "interrupted at iteration" in text, text[-3000:]
+    assert read_metadata(out / "model")["iteration"] > 0

@@ -391,12 +391,6 @@ def _train_to_end(run, trainer, model_path: Path, ranks):
         return None, _interrupted(trainer, model_path, ranks)
     except PeerLost as err:
         return None, _fail(f"rank {ranks.rank}: {err}", 1)
-    except RuntimeError as err:
-        # a SIGTERM to the whole process group (torchrun, a cluster's time limit) can end the DataLoader's
-        # workers before this process's own handler runs: the same stop, seen from the loader
-        if "killed by signal: Terminated" not in str(err):
-            raise
-        return None, _interrupted(trainer, model_path, ranks)
 
 
 def _interrupted(trainer, model_path: Path, ranks) -> int:

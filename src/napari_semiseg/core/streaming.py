@@ -11,6 +11,7 @@ the prefetched batches, whatever the size of the data set.
 from __future__ import annotations
 
 import os
+import signal
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,6 +354,14 @@ def worker_message(text: str) -> str:
     return last.split(": ", 1)[1] if ": " in last else last
 
 
+def _leave_sigterm_to_the_trainer(_worker_id: int) -> None:
+    """A SIGTERM to the whole process group (torchrun stopping the ranks, a cluster's time limit) is the
+    trainer's to handle: it saves, then shuts its loaders down. A worker ended by it first made the stop a
+    loader error ("DataLoader worker ... killed by signal"); PyTorch's workers leave SIGINT to the trainer
+    the same way."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class StreamingSampler:
     """The trainer's sampler for a streamed data set: the same two-stream batches as
     ``TwoStreamSampler``, read by DataLoader workers from this rank's shard of the files."""
@@ -372,6 +381,7 @@ class StreamingSampler:
             stream = _PatchStream(files, data, with_labels, patch, context, scale, foreground_fraction, stream_seed)
             return iter(torch.utils.data.DataLoader(stream, batch_size=batch, num_workers=workers,
                                                     persistent_workers=workers > 0,
+                                                    worker_init_fn=_leave_sigterm_to_the_trainer,
                                                     prefetch_factor=2 if workers else None))
 
         self._labeled = loader(labeled, True, seed, labeled_batch)
