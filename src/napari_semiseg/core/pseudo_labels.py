@@ -41,10 +41,11 @@ class ClassThresholds(nn.Module):
             raise ValueError(f"unknown threshold rule '{rule}': use one of {', '.join(RULES)}")
         self.rule, self.momentum = rule, momentum
         start = torch.tensor(1.0 / n_classes)
-        # mean top probability; mean probability of each class; mean top probability where each class wins
-        self.register_buffer("confidence", start.clone(), persistent=False)
-        self.register_buffer("class_mean", start.repeat(n_classes), persistent=False)
-        self.register_buffer("own_confidence", start.repeat(n_classes), persistent=False)
+        if rule == "own":  # mean top probability where each class wins
+            self.register_buffer("own_confidence", start.repeat(n_classes), persistent=False)
+        else:  # mean top probability; mean probability of each class
+            self.register_buffer("confidence", start.clone(), persistent=False)
+            self.register_buffer("class_mean", start.repeat(n_classes), persistent=False)
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor) -> None:
@@ -52,8 +53,10 @@ class ClassThresholds(nn.Module):
         probs = probs.float()
         top, label = probs.max(1)
         rate = 1 - self.momentum
-        self.confidence.lerp_(top.mean(), rate)
-        self.class_mean.lerp_(probs.mean((0, 2, 3)), rate)
+        if self.rule == "frequency":
+            self.confidence.lerp_(top.mean(), rate)
+            self.class_mean.lerp_(probs.mean((0, 2, 3)), rate)
+            return
         n_classes = probs.shape[1]
         counts = torch.bincount(label.flatten(), minlength=n_classes)
         sums = torch.zeros(n_classes, device=probs.device).index_add_(0, label.flatten(), top.flatten())
