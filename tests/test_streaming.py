@@ -168,3 +168,31 @@ def test_the_dataset_protocol_streams_volumes_and_loads_them_for_a_synthetic_var
     out = bm.run_dataset(files, ["mean-teacher[unlabeled_source=extra]"], labeled_fraction=0.5, test_count=1,
                          iterations=2, base_config=cfg)
     assert not out["streamed"] and out["n_train_volumes"] == 3
+
+
+LEFT_RUNNING = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from test_streaming import write_mixed_data_set
+from napari_semiseg.core.streaming import scan_folder
+from napari_semiseg.core.trainer import TrainConfig, Trainer
+cfg = TrainConfig(iterations=2, batch_size=4, patch_size=32, threads=1, device="cpu", precision="fp32",
+                  loader_workers=1, final_prediction=False)
+trainer = Trainer(scan_folder(write_mixed_data_set(Path(sys.argv[1]))), cfg)
+trainer.sampler.next()
+print("leaving", flush=True)
+"""
+
+
+def test_a_process_that_leaves_its_stream_running_still_exits(tmp_path):
+    """A sampler alive at exit (a failed run's traceback holds it; a plugin closed mid-run): Python's exit
+    stops its reading workers with the trainer's SIGTERM, which they must obey (they ignore everyone else's)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-c", LEFT_RUNNING, str(tmp_path / "data"), str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "leaving", proc.stderr[-3000:]
+    assert "killed by signal" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]

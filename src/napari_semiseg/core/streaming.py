@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -354,12 +356,23 @@ def worker_message(text: str) -> str:
     return last.split(": ", 1)[1] if ": " in last else last
 
 
-def _leave_sigterm_to_the_trainer(_worker_id: int) -> None:
-    """A SIGTERM to the whole process group (torchrun stopping the ranks, a cluster's time limit) is the
-    trainer's to handle: it saves, then shuts its loaders down. A worker ended by it first made the stop a
-    loader error ("DataLoader worker ... killed by signal"); PyTorch's workers leave SIGINT to the trainer
-    the same way."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _leave_sigterm_to_the_trainer(trainer_pid: int, _worker_id: int) -> None:
+    """A SIGTERM from anyone but the trainer (torchrun stopping the ranks, a cluster's time limit signalling
+    the whole process group) is the trainer's to handle: it saves, then shuts its loaders down. A worker
+    ended by it first made the stop a loader error ("DataLoader worker ... killed by signal"). The
+    trainer's own SIGTERM still ends the worker, quietly as PyTorch's workers do: its loader sends it to a
+    worker that does not stop, and Python's exit sends it to every worker left running, then waits for
+    them (a worker ignoring that one hung the trainer's exit)."""
+    if not hasattr(signal, "sigwaitinfo"):  # macOS, Windows: no sender to tell apart; PyTorch's handler stays
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # this thread and the one it starts
+
+    def wait_for_the_trainers_sigterm() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != trainer_pid:
+            pass
+        os._exit(0)  # not a death by signal, which the trainer's loader would report as a failure
+
+    threading.Thread(target=wait_for_the_trainers_sigterm, name="semiseg-sigterm", daemon=True).start()
 
 
 class StreamingSampler:
@@ -381,7 +394,7 @@ class StreamingSampler:
             stream = _PatchStream(files, data, with_labels, patch, context, scale, foreground_fraction, stream_seed)
             return iter(torch.utils.data.DataLoader(stream, batch_size=batch, num_workers=workers,
                                                     persistent_workers=workers > 0,
-                                                    worker_init_fn=_leave_sigterm_to_the_trainer,
+                                                    worker_init_fn=partial(_leave_sigterm_to_the_trainer, os.getpid()),
                                                     prefetch_factor=2 if workers else None))
 
         self._labeled = loader(labeled, True, seed, labeled_batch)
