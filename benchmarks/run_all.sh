@@ -219,3 +219,20 @@ wait
 .venv/bin/python benchmarks/paired_loop.py --against "sgrs-net[thresholds=off]" $OUT/s18/loop_sgrs.json
 .venv/bin/python benchmarks/summarise.py --per-image $OUT/s18/chase_sgrs.json
 .venv/bin/python benchmarks/summarise.py --per-image --against "sgrs-net[thresholds=off]" $OUT/s18/hip_sgrs.json
+# §19: SGRS-Net's thresholds at equal time (the user's budget), session and loop protocols, two halves side by side
+mkdir -p $OUT/s19
+S19="--k 3 --axis 2 --threads 1"
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol session $S19 --seconds 60 \
+       --methods "supervised,mean-teacher,sgrs-net,sgrs-net[thresholds=off]" --json $OUT/s19/session_$h.json > $OUT/s19/session_$h.log 2>&1 &
+done
+wait
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol loop $S19 --rounds 3 --seconds 45 --round-seconds 15 --policies gain --curve-only \
+       --methods "supervised,sgrs-net,sgrs-net[thresholds=off]" --json $OUT/s19/loop_$h.json > $OUT/s19/loop_$h.log 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s19/session_{A,B}.json
+.venv/bin/python benchmarks/paired_session.py --against "sgrs-net[thresholds=off]" $OUT/s19/session_{A,B}.json
+.venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s19/loop_{A,B}.json
+.venv/bin/python benchmarks/paired_loop.py --against "sgrs-net[thresholds=off]" $OUT/s19/loop_{A,B}.json
