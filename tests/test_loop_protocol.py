@@ -97,6 +97,8 @@ def test_loop_protocol_adds_the_proposed_slice_with_its_reference_labels_each_ro
         assert counts == [2, 3, 4], policy  # one corrected slice per round
         assert all(set(a["labeled"]) < set(b["labeled"]) for a, b in zip(curve, curve[1:]))
         assert all(0.0 <= p["dice"] <= 1.0 and 0.0 <= p["interpolation"] <= 1.0 for p in curve)
+        steps = [p["iteration"] for p in curve]  # 6 steps, then 3 a round: each point says how far it got
+        assert 6 <= steps[0] < steps[1] < steps[2] == 12, steps
     assert [len(e["labeled"]) for e in res.even] == [2, 3, 4]
     assert len(res.even_engine["labeled"]) == 4 and len(res.ceiling["labeled"]) == case.labels.shape[0]
 

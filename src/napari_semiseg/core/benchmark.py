@@ -280,8 +280,9 @@ def run_loop(case: Case, method: str, *, k: int = 3, rounds: int = 3, axis: int 
     def dice_off(pred, labeled):
         return unlabeled_dice(pred, case.labels, sorted(labeled), axis, classes)
 
-    def point(pred, labeled):  # the engine and interpolation from the same slices, scored off them
-        return {"labeled": labeled, "dice": dice_off(pred, labeled),
+    def point(pred, labeled, iteration):  # the engine and interpolation from the same slices, scored off them
+        # the steps taken so far: at equal time they tell a slow method from a weak one
+        return {"labeled": labeled, "iteration": int(iteration), "dice": dice_off(pred, labeled),
                 "interpolation": dice_off(interpolate_labels(case.labels, labeled, axis), labeled)}
 
     for policy in policies:
@@ -293,12 +294,12 @@ def run_loop(case: Case, method: str, *, k: int = 3, rounds: int = 3, axis: int 
         def on_round(r, trainer=trainer, vol=vol, curve=curve, policy=policy):
             pred = trainer.predict()[0]
             labeled = sorted(vol.labeled)
-            curve.append(point(pred.labels, labeled))
+            curve.append(point(pred.labels, labeled, trainer.iteration))
             chosen = sorted(set(labeled) | {propose_slice(pred.slice_scores, labeled, policy)})
             trainer.update_labels(LabelUpdate(labels_on_slices(case.labels, chosen, axis), set(chosen)))
 
         last = train_in_rounds(trainer, marks, on_round)
-        curve.append(point(last.prediction[0].labels, sorted(vol.labeled)))
+        curve.append(point(last.prediction[0].labels, sorted(vol.labeled), last.iteration))
     for count in range(k, k + rounds + 1):
         even = evenly_spaced_slices(case.labels, axis, count)
         result.even.append({"labeled": even, "interpolation": dice_off(interpolate_labels(case.labels, even, axis),
