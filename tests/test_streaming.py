@@ -1,5 +1,9 @@
 """Data sets streamed from disk: the lazy readers show what io.read_image shows, and training runs on them."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import h5py
 import nibabel as nib
 import numpy as np
@@ -83,13 +87,17 @@ def write_mixed_data_set(root):
     return root
 
 
+def streamed_config(iterations: int) -> TrainConfig:
+    """Small, fp32 on the CPU, with one reading process: the path a streamed data set takes."""
+    return TrainConfig(iterations=iterations, batch_size=4, patch_size=32, threads=1, device="cpu", precision="fp32",
+                       loader_workers=1, final_prediction=False)
+
+
 def test_a_mixed_folder_is_indexed_from_headers_and_trains_a_model_from_streamed_patches(tmp_path):
     data = scan_folder(write_mixed_data_set(tmp_path / "data"))
     assert [f.labels is not None for f in data.files] == [True, True, False, False, False]
     assert data.top_class == 2 and data.n_channels == 1 and data.is_3d
-    cfg = TrainConfig(iterations=4, batch_size=4, patch_size=32, threads=1, device="cpu", precision="fp32",
-                      loader_workers=1, final_prediction=False)
-    trainer = Trainer(data, cfg, out_dir=tmp_path / "model")
+    trainer = Trainer(data, streamed_config(4), out_dir=tmp_path / "model")
     assert isinstance(trainer.sampler, StreamingSampler)
     assert trainer.n_classes == 3 and trainer.sampler.n_labeled == 12 and trainer.sampler.n_unlabeled == 18
     batch = trainer.sampler.next()
@@ -138,10 +146,8 @@ def test_a_volume_damaged_past_its_header_is_one_sentence_naming_it_when_streami
     bad = root / "images" / "e.nii"
     bad.write_bytes(bad.read_bytes()[: 352 + 6 * 40 * 44])  # the header and the first x-plane only
     data = scan_folder(root)  # headers are all that is read up front
-    cfg = TrainConfig(iterations=50, batch_size=4, patch_size=32, threads=1, device="cpu", precision="fp32",
-                      loader_workers=1, final_prediction=False)
     with pytest.raises(InputError) as err:
-        Trainer(data, cfg).train()
+        Trainer(data, streamed_config(50)).train()
     text = str(err.value)
     assert "e.nii" in text and "damaged or truncated" in text and "Traceback" not in text and "\n" not in text
 
@@ -174,12 +180,10 @@ LEFT_RUNNING = """
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from test_streaming import write_mixed_data_set
+from test_streaming import streamed_config, write_mixed_data_set
 from napari_semiseg.core.streaming import scan_folder
-from napari_semiseg.core.trainer import TrainConfig, Trainer
-cfg = TrainConfig(iterations=2, batch_size=4, patch_size=32, threads=1, device="cpu", precision="fp32",
-                  loader_workers=1, final_prediction=False)
-trainer = Trainer(scan_folder(write_mixed_data_set(Path(sys.argv[1]))), cfg)
+from napari_semiseg.core.trainer import Trainer
+trainer = Trainer(scan_folder(write_mixed_data_set(Path(sys.argv[1]))), streamed_config(2))
 trainer.sampler.next()
 print("leaving", flush=True)
 """
@@ -188,10 +192,6 @@ print("leaving", flush=True)
 def test_a_process_that_leaves_its_stream_running_still_exits(tmp_path):
     """A sampler alive at exit (a failed run's traceback holds it; a plugin closed mid-run): Python's exit
     stops its reading workers with the trainer's SIGTERM, which they must obey (they ignore everyone else's)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     proc = subprocess.run([sys.executable, "-c", LEFT_RUNNING, str(tmp_path / "data"), str(Path(__file__).parent)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "leaving", proc.stderr[-3000:]
