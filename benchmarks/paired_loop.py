@@ -30,23 +30,43 @@ def curves(paths, policy: str = "gain") -> dict[str, dict[str, list[float]]]:
     return out
 
 
+def steps(paths, policy: str = "gain") -> dict[str, dict[str, list]]:
+    """method -> volume -> steps taken when each round was scored (None in runs that predate it)."""
+    out: dict[str, dict[str, list]] = {}
+    for p in paths:
+        for method, run in json.loads(Path(p).read_text())["methods"].items():
+            for v in run["volumes"]:
+                out.setdefault(method, {})[v["case"]] = [pt.get("iteration") for pt in v["curves"][policy]]
+    return out
+
+
+def step_range(per_volume: dict, cases: list, r: int) -> str:
+    """'min-max' steps over the volumes at round r, or '?' where a run did not record them."""
+    found = [per_volume[c][r] for c in cases if per_volume.get(c) and r < len(per_volume[c])]
+    if not found or None in found:
+        return "?"
+    return f"{min(found)}-{max(found)}"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[0] not in ("--against", "--before"):
         print(__doc__)
         return 2
     if argv[0] == "--before":
         before, after = curves([argv[1]]), curves(argv[2:])
+        before_steps, after_steps = steps([argv[1]]), steps(argv[2:])
         for method in after:
-            compare(f"{method}, before", before[method], method, after[method])
+            compare(f"{method}, before", before[method], method, after[method],
+                    (before_steps[method], after_steps[method]))
         return 0
-    base_name, found = argv[1], curves(argv[2:])
+    base_name, found, counted = argv[1], curves(argv[2:]), steps(argv[2:])
     base = found.pop(base_name)
     for method, per in found.items():
-        compare(base_name, base, method, per)
+        compare(base_name, base, method, per, (counted[base_name], counted[method]))
     return 0
 
 
-def compare(base_name: str, base: dict, method: str, per: dict) -> None:
+def compare(base_name: str, base: dict, method: str, per: dict, counted: tuple[dict, dict]) -> None:
     """Per volume, after each round (and the references where both runs trained them)."""
     cases = sorted(set(per) & set(base))
     rounds = len(base[cases[0]]) - 2
@@ -58,8 +78,10 @@ def compare(base_name: str, base: dict, method: str, per: dict) -> None:
         if None in a or None in b:  # a reference one of the runs did not train
             continue
         res = paired(a, b)
+        took = (f", steps {step_range(counted[0], cases, r)} -> {step_range(counted[1], cases, r)}"
+                if r < rounds else "")
         print(f"  {name}: {sum(a) / len(a):.3f} -> {sum(b) / len(b):.3f} "
-              f"({res.mean_difference:+.3f}), wins/losses {res.wins}/{res.losses}, Wilcoxon p = {res.p:.3f}")
+              f"({res.mean_difference:+.3f}), wins/losses {res.wins}/{res.losses}, Wilcoxon p = {res.p:.3f}{took}")
 
 
 if __name__ == "__main__":

@@ -236,3 +236,22 @@ wait
 .venv/bin/python benchmarks/paired_session.py --against "sgrs-net[thresholds=off]" $OUT/s19/session_{A,B}.json
 .venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s19/loop_{A,B}.json
 .venv/bin/python benchmarks/paired_loop.py --against "sgrs-net[thresholds=off]" $OUT/s19/loop_{A,B}.json
+# §20: the steps cells of §19.3, BCP and SRA-Seg on the session protocol with today's defaults, and what BARL's
+# time goes to. The "tried and not kept" runs used settings removed again (barl[branch_width=0.5],
+# bcp[thresholds=own]); their commands are in RESULTS.md §20.4.
+mkdir -p $OUT/s20
+H20="$HIPPO --protocol dataset --iterations 1000 --max-test 20 --threads 1"
+C20="../shared/data/chase_db1 --protocol dataset --test-count 8 --iterations 1000 --threads 1"
+$BIN benchmark $H20 --methods "supervised,mean-teacher,barl,transmedseg" --json $OUT/s20/steps_hip.json > $OUT/s20/steps_hip.log 2>&1 &
+# (BARL's CHASE_DB1 figure in §20.1 is from a rerun, "supervised,barl", after §20.5's fix: this run stopped it at 10 min)
+$BIN benchmark $C20 --methods "supervised,mean-teacher,barl,transmedseg" --json $OUT/s20/steps_chase.json > $OUT/s20/steps_chase.log 2>&1 &
+wait
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol session --k 3 --seconds 60 --axis 2 --threads 1 \
+       --methods "supervised,bcp,sra-seg" --json $OUT/s20/session_cp_$h.json > $OUT/s20/session_cp_$h.log 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s20/session_cp_{A,B}.json
+.venv/bin/python benchmarks/summarise.py --per-image $OUT/s20/steps_hip.json
+.venv/bin/python benchmarks/summarise.py --per-image $OUT/s20/steps_chase.json
+.venv/bin/python benchmarks/step_cost.py

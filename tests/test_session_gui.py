@@ -11,6 +11,7 @@ from qtpy.QtWidgets import QPushButton
 from conftest import autosave_root
 from gui_session import AXIS, PAINTED, WIDGET, click, in_thread, notifications, paint_reference
 from napari_semiseg.core.io import read_labels
+from napari_semiseg.core.methods import METHODS
 from napari_semiseg.napari.controller import PSEUDO, SEGMENTATION, UNCERTAINTY
 from napari_semiseg.samples import sample_image
 
@@ -205,6 +206,19 @@ def test_new_methods_train_from_the_widget_and_show_their_uncertainty(session, q
     assert unc.shape == pseudo.shape and 0 <= unc.min() and unc.max() <= 1
     # these methods mark pixels whose views / branches disagree as fully uncertain
     assert c.state.last_report.iteration > 0
+
+
+def test_the_widget_says_what_each_method_costs_and_where_it_loses(session):
+    _, widget = session
+    seen = set()
+    for i in range(widget.method_combo.count()):
+        name = widget.method_combo.itemText(i)
+        widget.method_combo.setCurrentIndex(i)
+        shown = widget.method_advice.text()
+        assert shown and shown == METHODS[name].advice and shown not in seen, name
+        seen.add(shown)
+    widget.method_combo.setCurrentText("barl")
+    assert "five times the time per step" in widget.method_advice.text()
 
 
 def test_method_settings_typed_in_the_widget_are_checked_before_training(session, tmp_path):

@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=POSITIVE, default=45.0, help="training time of the headless run")
 
     tr = sub.add_parser("train", help="train on an image from its labeled slices (and its unlabeled rest), or on "
-                                      "a data set folder streamed from disk (under torchrun: on several GPUs/nodes)")
+                                      "a data set folder streamed from disk (under torchrun: on several GPUs/nodes)",
+                        epilog=_methods_advice(), formatter_class=argparse.RawDescriptionHelpFormatter)
     tr.add_argument("image", help="image (NIfTI, TIFF, PNG/JPEG); or a folder with images/ and labels/ (NIfTI, "
                                   "TIFF, HDF5, zarr), images without a label map being unlabeled")
     tr.add_argument("--labels", help="label map of the same shape (not with a data set folder)")
@@ -141,6 +142,18 @@ def _method_names() -> list[str]:
     from .core.methods import METHODS
 
     return list(METHODS)
+
+
+def _methods_advice() -> str:
+    """Each method's cost and where it loses (measured), under ``train --help``."""
+    import textwrap
+
+    from .core.methods import METHODS
+
+    lines = ["methods (Dice against supervised training, benchmarks/RESULTS.md):"]
+    for name, cls in METHODS.items():
+        lines += textwrap.wrap(cls.advice, 78, initial_indent=f"  {name}: ", subsequent_indent="    ")
+    return "\n".join(lines)
 
 
 def _add_engine_options(p) -> None:
@@ -545,13 +558,14 @@ def cmd_benchmark(args) -> int:
 
 def _dataset_run(args, bm, methods, cfg, data) -> dict | None:
     """One training of every method on the data set's split, printed; None on ranks other than 0."""
+    minutes = None if args.iterations else args.minutes  # a step budget is the whole budget: no clock beside it
     if (data / "train_slices.list").exists():
         train, test = bm.load_ssl4mis(data, args.labeled_slices)
         result = bm.run_dataset_volumes(train, test[: args.max_test] if args.max_test else test, methods,
-                                        axis=args.axis, minutes=args.minutes, iterations=args.iterations,
+                                        axis=args.axis, minutes=minutes, iterations=args.iterations,
                                         base_config=cfg, progress=True)
     else:  # files, not arrays: volumes stream from disk (and under torchrun train one model on every rank)
-        result = bm.run_dataset(bm.case_files(data), methods, axis=args.axis, minutes=args.minutes,
+        result = bm.run_dataset(bm.case_files(data), methods, axis=args.axis, minutes=minutes,
                                 iterations=args.iterations, labeled_fraction=args.labeled_fraction,
                                 max_test=args.max_test, test_count=args.test_count, base_config=cfg,
                                 progress=True)

@@ -172,6 +172,11 @@ class SemisegWidget(QWidget):
                                 "The semi-supervised method (README: what each does and where it loses)")
         self.method_combo.addItems(list(METHODS))
         self.method_combo.setCurrentText("mean-teacher")
+        # what the chosen method costs and where it loses, so that nobody picks one blind
+        self.method_advice = QLabel(objectName="method_advice")
+        self.method_advice.setWordWrap(True)
+        self.method_combo.currentTextChanged.connect(self._method_chosen)
+        self._method_chosen(self.method_combo.currentText())
         self.device_combo = tip(QComboBox(objectName="device_combo"),
                                 "auto: the GPU when there is one, else the CPU")
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
@@ -182,6 +187,7 @@ class SemisegWidget(QWidget):
         self.budget_spin.setSuffix(" min")
         self.budget_spin.setSpecialValueText("until stopped")
         tform.addRow("Method", self.method_combo)
+        tform.addRow("", self.method_advice)
         tform.addRow("Device", self.device_combo)
         tform.addRow("Budget", self.budget_spin)
         root.addWidget(train)
@@ -330,6 +336,9 @@ class SemisegWidget(QWidget):
         self.labels_combo.currentIndexChanged.connect(self._layers_chosen)
         self.labels_combo.activated.connect(self._labels_activated)
         self.axis_spin.valueChanged.connect(self._axis_chosen)
+
+    def _method_chosen(self, name: str) -> None:
+        self.method_advice.setText(METHODS[name].advice if name in METHODS else "")
 
     # ------------------------------------------------------------------ actions
     def _run(self, action):

@@ -125,6 +125,8 @@ def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 class BARL(Method):
     name = "barl"
+    advice = ("Two networks, about five times the time per step: 0.1-0.15 Dice behind supervised "
+              "training in a few CPU minutes, 0.01-0.05 on vessels; level or ahead in long runs.")
     Settings = BARLSettings
 
     def __init__(self, in_channels, n_classes, settings=None):

@@ -108,6 +108,10 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     Settings: ClassVar[type] = MethodSettings
+    # One sentence for whoever picks a method: what it costs and where it loses to supervised
+    # training, from the measured figures (benchmarks/RESULTS.md §20.6); the widget and `train --help`
+    # show it.
+    advice: ClassVar[str] = ""
 
     def __init__(self, in_channels: int, n_classes: int, settings: dict | None = None):
         super().__init__()

@@ -39,6 +39,8 @@ class MeanTeacher(TeacherMixin, Method):
     """
 
     name = "mean-teacher"
+    advice = ("The default: 0.02-0.04 Dice ahead of supervised training with a few labeled "
+              "slices, level with it when many are labeled.")
     Settings = MeanTeacherSettings
 
     def __init__(self, in_channels, n_classes, settings=None):

@@ -123,6 +123,8 @@ class ViewDisagreement(nn.Module):
 
 class SGRSNet(TeacherMixin, Method):
     name = "sgrs-net"
+    advice = ("Ahead with a few labeled slices (+0.03-0.06 Dice); 0.015-0.03 behind "
+              "supervised training when many are labeled; for thin vessels set thresholds=off.")
     Settings = SGRSSettings
 
     def __init__(self, in_channels, n_classes, settings=None):

@@ -15,6 +15,7 @@ class SupervisedSettings(MethodSettings):
 
 class Supervised(Method):
     name = "supervised"
+    advice = "The labeled slices only: the baseline, and the fastest per step."
     Settings = SupervisedSettings
 
     def training_step(self, batch: Batch, state: TrainState):

@@ -122,6 +122,8 @@ class TransMedSegSettings(MethodSettings):
 
 class TransMedSeg(Method):
     name = "transmedseg"
+    advice = ("The mean teacher plus feature augmentation: +0.03 Dice in short sessions, level "
+              "with supervised training when many slices are labeled.")
     Settings = TransMedSegSettings
 
     @property
