@@ -255,3 +255,9 @@ wait
 .venv/bin/python benchmarks/summarise.py --per-image $OUT/s20/steps_hip.json
 .venv/bin/python benchmarks/summarise.py --per-image $OUT/s20/steps_chase.json
 .venv/bin/python benchmarks/step_cost.py
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol loop --k 3 --rounds 3 --seconds 45 --round-seconds 15 --axis 2 --threads 1 \
+       --policies gain --curve-only --methods "supervised,bcp,sra-seg" --json $OUT/s20/loop_cp_$h.json > $OUT/s20/loop_cp_$h.log 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s20/loop_cp_{A,B}.json

@@ -338,7 +338,7 @@ class SemisegWidget(QWidget):
         self.axis_spin.valueChanged.connect(self._axis_chosen)
 
     def _method_chosen(self, name: str) -> None:
-        self.method_advice.setText(METHODS[name].advice if name in METHODS else "")
+        self.method_advice.setText(METHODS[name].advice)  # the combo holds only METHODS' names
 
     # ------------------------------------------------------------------ actions
     def _run(self, action):
