@@ -18,26 +18,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from napari_semiseg.core.comparison import paired  # noqa: E402
 
 
-def curves(paths, policy: str = "gain") -> dict[str, dict[str, list[float]]]:
+def volumes(paths) -> dict[str, dict[str, dict]]:
+    """method -> volume -> its record in the runs (runs of one method on different volumes merged)."""
+    out: dict[str, dict[str, dict]] = {}
+    for p in paths:
+        for method, run in json.loads(Path(p).read_text())["methods"].items():
+            for v in run["volumes"]:
+                out.setdefault(method, {})[v["case"]] = v
+    return out
+
+
+def curves(runs, policy: str = "gain") -> dict[str, dict[str, list[float]]]:
     """method -> volume -> Dice after each round, then with K+R even slices and the ceiling (None
     where the run did not train them: --curve-only)."""
-    out: dict[str, dict[str, list[float]]] = {}
-    for p in paths:
-        for method, run in json.loads(Path(p).read_text())["methods"].items():
-            for v in run["volumes"]:
-                out.setdefault(method, {})[v["case"]] = [pt["dice"] for pt in v["curves"][policy]] + [
-                    v[key]["dice"] if v[key] else None for key in ("even_engine", "ceiling")]
-    return out
+    return {method: {case: [pt["dice"] for pt in v["curves"][policy]] + [
+        v[key]["dice"] if v[key] else None for key in ("even_engine", "ceiling")] for case, v in per.items()}
+        for method, per in runs.items()}
 
 
-def steps(paths, policy: str = "gain") -> dict[str, dict[str, list]]:
+def steps(runs, policy: str = "gain") -> dict[str, dict[str, list]]:
     """method -> volume -> steps taken when each round was scored (None in runs that predate it)."""
-    out: dict[str, dict[str, list]] = {}
-    for p in paths:
-        for method, run in json.loads(Path(p).read_text())["methods"].items():
-            for v in run["volumes"]:
-                out.setdefault(method, {})[v["case"]] = [pt.get("iteration") for pt in v["curves"][policy]]
-    return out
+    return {method: {case: [pt.get("iteration") for pt in v["curves"][policy]] for case, v in per.items()}
+            for method, per in runs.items()}
 
 
 def step_range(per_volume: dict, cases: list, r: int) -> str:
@@ -53,13 +55,15 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     if argv[0] == "--before":
-        before, after = curves([argv[1]]), curves(argv[2:])
-        before_steps, after_steps = steps([argv[1]]), steps(argv[2:])
+        before_runs, after_runs = volumes([argv[1]]), volumes(argv[2:])
+        before, after = curves(before_runs), curves(after_runs)
+        before_steps, after_steps = steps(before_runs), steps(after_runs)
         for method in after:
             compare(f"{method}, before", before[method], method, after[method],
                     (before_steps[method], after_steps[method]))
         return 0
-    base_name, found, counted = argv[1], curves(argv[2:]), steps(argv[2:])
+    runs = volumes(argv[2:])
+    base_name, found, counted = argv[1], curves(runs), steps(runs)
     base = found.pop(base_name)
     for method, per in found.items():
         compare(base_name, base, method, per, (counted[base_name], counted[method]))

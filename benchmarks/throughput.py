@@ -19,21 +19,24 @@ from napari_semiseg.core.methods.base import Batch, TrainState
 from napari_semiseg.core.trainer import resolve_precision
 
 
-def measure(device, size, batch, labeled, precision, channels_last, steps, warmup=3) -> float:
+def measure(device, size, batch, labeled, precision, channels_last, steps, warmup=3, method_name="mean-teacher",
+            in_channels=3, n_classes=4, first_iteration=0) -> float:
+    """Slices per second of full training steps (losses, backward, optimiser, EMA) after ``warmup`` untimed
+    ones; steps are numbered from ``first_iteration`` (past 1000 every warm-up phase is over)."""
     torch.manual_seed(0)
-    method = build_method("mean-teacher", 3, 4).to(device)
+    method = build_method(method_name, in_channels, n_classes).to(device)
     if channels_last:
         method.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(method.trainable_parameters(), lr=1e-3)
-    x_l = torch.rand(labeled, 3, size, size, device=device)
-    y_l = torch.randint(0, 4, (labeled, size, size), device=device)
-    x_u = torch.rand(batch - labeled, 3, size, size, device=device)
+    x_l = torch.rand(labeled, in_channels, size, size, device=device)
+    y_l = torch.randint(0, n_classes, (labeled, size, size), device=device)
+    x_u = torch.rand(batch - labeled, in_channels, size, size, device=device)
     if channels_last:
         x_l, x_u = (t.contiguous(memory_format=torch.channels_last) for t in (x_l, x_u))
     b = Batch(x_l, y_l, x_u)
     scaler = torch.amp.GradScaler(enabled=precision == "fp16")
-    for i in range(warmup + steps):
-        if i == warmup:
+    for i in range(first_iteration, first_iteration + warmup + steps):
+        if i == first_iteration + warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
