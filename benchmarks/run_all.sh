@@ -261,3 +261,11 @@ for h in A B; do
 done
 wait
 .venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s20/loop_cp_{A,B}.json
+# §21: the loop curve again with today's defaults (the README's plot), and the teacher after a correction
+mkdir -p $OUT/s21
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol loop --k 3 --rounds 3 --seconds 45 --round-seconds 15 --axis 2 --threads 1 \
+       --methods mean-teacher --json $OUT/s21/loop_$h.json > $OUT/s21/loop_$h.log 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/plot_loop.py benchmarks/loop_curve.svg $OUT/s21/loop_{A,B}.json

@@ -311,6 +311,7 @@ def test_label_values_beyond_255_are_refused_and_0_255_masks_are_one_class(scan,
     (["--set", "lr=1e400"], "must be a finite number"),
     (["--set", "method.consistency=abc"], "'consistency' must be a number"),
     (["--set", "labeled_batch=0"], "at least one labeled patch"),
+    (["--set", "min_iterations=0"], "min_iterations must be at least 1 step"),
     (["--set", "device=gpu"], "'device' must be one of"),
     (["--set", "tau=0.4"], "Unknown setting 'tau': neither a training setting"),
     (["--set", "consistency=abc"], "'consistency' must be a number"),  # a method key needs no prefix

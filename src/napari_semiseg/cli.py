@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--headless", action="store_true", help="run without a window even if a display exists")
     demo.add_argument("--out", default="semiseg-output", help="output folder for the headless run")
     demo.add_argument("--seconds", type=POSITIVE, default=45.0, help="training time of the headless run")
+    demo.add_argument("--min-iterations", type=AT_LEAST_ONE,
+                      help="the headless run trains at least this many steps (default 400), however short the "
+                           "clock: a busy machine takes longer rather than giving a worse mask")
 
     tr = sub.add_parser("train", help="train on an image from its labeled slices (and its unlabeled rest), or on "
                                       "a data set folder streamed from disk (under torchrun: on several GPUs/nodes)",
@@ -692,9 +695,9 @@ def has_display() -> bool:
 
 def cmd_demo(args) -> int:
     if args.headless or not has_display():
-        from .demo import run_headless
+        from .demo import DEMO_MIN_ITERATIONS, run_headless
 
-        run_headless(Path(args.out), seconds=args.seconds)
+        run_headless(Path(args.out), seconds=args.seconds, min_iterations=args.min_iterations or DEMO_MIN_ITERATIONS)
         return 0
     from .napari.demo import run_viewer
 

@@ -44,6 +44,10 @@ class TrainConfig:
     method_settings: dict = field(default_factory=dict)
     iterations: int | None = None  # stop after this many steps ...
     minutes: float | None = None  # ... or after this much time; neither: until stopped
+    # With a time budget: the clock does not end training before this many steps, so a busy machine
+    # trains longer instead of returning an undertrained model (the demo: 66 steps in 45 s beside
+    # another job, 0.52 Dice against 0.79 at 491 steps).
+    min_iterations: int | None = None
     batch_size: int | None = None  # None: 8 on a CPU, 16 on a GPU
     labeled_batch: int | None = None  # None: half the batch
     optimiser: str = "adamw"  # "adamw" | "sgd" (the field's, too slow for minute budgets)
@@ -88,6 +92,8 @@ class TrainConfig:
         require(self.iterations is None or self.iterations >= 1,
                 f"The step budget must be at least 1 iteration, not {self.iterations}.")
         require(self.minutes is None or self.minutes > 0, f"The time budget must be above 0 minutes, not {self.minutes}.")
+        require(self.min_iterations is None or self.min_iterations >= 1,
+                f"min_iterations must be at least 1 step, not {self.min_iterations}.")
         require(all(v is None or v >= 1 for v in (self.batch_size, self.labeled_batch)),
                 "The batch needs at least one labeled patch: batch_size and labeled_batch must be at least 1.")
         batch, labeled = self.batch_size or 8, self.labeled_batch or max(1, (self.batch_size or 8) // 2)
@@ -343,7 +349,10 @@ class Trainer:
         if c.iterations:
             parts.append((self.iteration - start_iter) / c.iterations)
         if c.minutes:
-            parts.append(elapsed / (60.0 * c.minutes))
+            clock = elapsed / (60.0 * c.minutes)
+            if c.min_iterations:  # whichever is longer: the clock or the floor of steps
+                clock = min(clock, (self.iteration - start_iter) / c.min_iterations)
+            parts.append(clock)
         return min(1.0, max(parts)) if parts else None
 
     def _lr(self, progress: float | None) -> float:
