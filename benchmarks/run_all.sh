@@ -255,11 +255,15 @@ wait
 .venv/bin/python benchmarks/summarise.py --per-image $OUT/s20/steps_hip.json
 .venv/bin/python benchmarks/summarise.py --per-image $OUT/s20/steps_chase.json
 .venv/bin/python benchmarks/step_cost.py
-for h in A B; do
-  $BIN benchmark $OUT/loop$h --protocol loop --k 3 --rounds 3 --seconds 45 --round-seconds 15 --axis 2 --threads 1 \
-       --policies gain --curve-only --methods "supervised,bcp,sra-seg" --json $OUT/s20/loop_cp_$h.json > $OUT/s20/loop_cp_$h.log 2>&1 &
-done
-wait
+# the loop protocol's curve only (gain proposal), the two halves side by side: loop_curves METHODS OUT/PREFIX
+loop_curves() {
+  for h in A B; do
+    $BIN benchmark $OUT/loop$h --protocol loop --k 3 --rounds 3 --seconds 45 --round-seconds 15 --axis 2 --threads 1 \
+         --policies gain --curve-only --methods "$1" --json $OUT/${2}_$h.json > $OUT/${2}_$h.log 2>&1 &
+  done
+  wait
+}
+loop_curves "supervised,bcp,sra-seg" s20/loop_cp
 .venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s20/loop_cp_{A,B}.json
 # §21: the loop curve again with today's defaults (the README's plot), and the teacher after a correction
 mkdir -p $OUT/s21
@@ -269,3 +273,31 @@ for h in A B; do
 done
 wait
 .venv/bin/python benchmarks/plot_loop.py benchmarks/loop_curve.svg $OUT/s21/loop_{A,B}.json
+# §22: BARL's supervised warm-up (run before it became the default: `barl` then meant `barl[warmup=none]`;
+# today write that to reproduce the figures)
+mkdir -p $OUT/s22
+for h in A B; do
+  l=$(echo $h | tr AB ab)
+  $BIN benchmark $OUT/loop$h --protocol session --k 3 --seconds 60 --axis 2 --threads 1 \
+       --methods "supervised,barl[warmup=none],barl[warmup=agreement]" --json $OUT/s22/barl_warm_$l.json \
+       > $OUT/s22/barl_warm_$l.log 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s22/barl_warm_{a,b}.json
+.venv/bin/python benchmarks/paired_session.py --against "barl[warmup=none]" $OUT/s22/barl_warm_{a,b}.json
+H="$HIPPO --protocol dataset --iterations 1000 --max-test 20 --threads 1"
+C="../shared/data/chase_db1 --protocol dataset --test-count 8 --iterations 1000 --threads 1"
+$BIN benchmark $H --methods "supervised,barl[warmup=none],barl" --json $OUT/s22/hip_barl.json > $OUT/s22/hip_barl.log 2>&1 &
+$BIN benchmark $C --methods "supervised,barl" --json $OUT/s22/chase_barl.json > $OUT/s22/chase_barl.log 2>&1 &
+wait
+$BIN benchmark $H --seed 1 --methods "supervised,barl[warmup=none],barl" --json $OUT/s22/hip_barl_s1.json \
+     > $OUT/s22/hip_barl_s1.log 2>&1 &
+$BIN benchmark $C --methods "barl[warmup=none]" --json $OUT/s22/chase_barl_plain.json > $OUT/s22/chase_barl_plain.log 2>&1 &
+wait
+for f in hip_barl hip_barl_s1; do
+  .venv/bin/python benchmarks/summarise.py --per-image --against "barl[warmup=none]" $OUT/s22/$f.json
+done
+.venv/bin/python benchmarks/summarise.py --per-image --against "barl[warmup=none]" $OUT/s22/chase_barl{,_plain}.json
+loop_curves "supervised,barl" s22/loop_barl
+.venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s22/loop_barl_{A,B}.json
+.venv/bin/python benchmarks/step_cost.py --methods supervised,barl   # a full step and a warm-up step

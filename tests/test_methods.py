@@ -509,6 +509,27 @@ def test_mean_teacher_warm_up_ends_at_its_share_of_the_budget_even_without_agree
     assert mt.needs_unlabeled(TrainState(401, 0.5))
 
 
+def test_barl_warm_up_trains_both_branches_on_the_labels_until_they_agree_with_them():
+    torch.manual_seed(0)
+    barl = build_method("barl", 1, 2)  # the warm-up is BARL's default (RESULTS §22)
+    assert build_method("barl", 1, 2, {"warmup": "none"}).needs_unlabeled(TrainState(0, 0.0))
+    y = torch.zeros(2, 16, 16, dtype=torch.long)
+    y[:, 4:12, 4:12] = 1
+    warming = Batch(torch.rand(2, 1, 16, 16), y, torch.rand(0, 1, 16, 16))  # the sampler draws no unlabeled
+    early = TrainState(10, 0.1)
+    assert not barl.needs_unlabeled(early)
+    out = barl.training_step(warming, early)
+    assert "cps" not in out and 0.0 <= float(out["labeled_agreement"]) <= 0.1
+    out["loss"].backward()  # both branches learn in the warm-up
+    assert all(p.grad is not None for p in barl.trainable_parameters())
+    barl.agreement.fill_(0.9)
+    assert not barl.needs_unlabeled(TrainState(50, 0.2)) and barl.needs_unlabeled(TrainState(250, 0.2))
+    # the unlabeled terms' ramp starts where the warm-up ended
+    full = Batch(warming.x_l, y, torch.rand(2, 1, 16, 16))
+    out = barl.training_step(full, TrainState(251, 0.21))
+    assert "cps" in out and float(out["ramp"]) < 0.01
+
+
 def test_a_warming_mean_teacher_trains_without_drawing_unlabeled_patches():
     vol = tiny_volume(labeled=(1, 4))
     t = Trainer([vol], fast_config(method="mean-teacher", iterations=3,

@@ -27,13 +27,13 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from ..inference import PredictorOutput
-from ..losses import normalised_entropy, sigmoid_rampup, supervised_loss
+from ..losses import labeled_agreement, normalised_entropy, supervised_loss
 from ..networks import UNet2D
-from .base import Batch, Method, MethodSettings, TrainState
+from .base import AgreementWarmup, Batch, Method, MethodSettings, TrainState, WarmupSettings
 
 
 @dataclass
-class BARLSettings(MethodSettings):
+class BARLSettings(MethodSettings, WarmupSettings):
     scale_weights: tuple = (1.0, 0.8, 0.6, 0.4)  # finest first
     rampup_fraction: float = 0.3
     rampup_iterations: int = 600
@@ -50,6 +50,9 @@ class BARLSettings(MethodSettings):
     strong_noise: float = 0.05
     strong_jitter: float = 0.2
     cutout_fraction: float = 0.25
+    # Both branches train on the labeled patches alone (about 2x a supervised step, not 5x) until they
+    # agree with the labels: in a CPU minute 0.611 -> 0.686 Dice, at 1000 steps +0.010 (RESULTS §22).
+    warmup: str = "agreement"
 
 
 def strong_view(x: torch.Tensor, s: BARLSettings) -> torch.Tensor:
@@ -123,10 +126,11 @@ def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (p * (torch.log(p.clamp_min(1e-8)) - torch.log(q.clamp_min(1e-8)))).sum(1)
 
 
-class BARL(Method):
+class BARL(AgreementWarmup, Method):
     name = "barl"
-    advice = ("Two networks, about five times the time per step: 0.1-0.15 Dice behind supervised "
-              "training in a few CPU minutes, 0.01-0.05 on vessels; level or ahead in long runs.")
+    advice = ("Two networks, about five times the time per step (two while they first learn the labels): "
+              "0.05-0.06 Dice behind supervised training in a CPU minute; level or ahead at equal steps "
+              "and after a few corrections.")
     Settings = BARLSettings
 
     def __init__(self, in_channels, n_classes, settings=None):
@@ -134,6 +138,7 @@ class BARL(Method):
         # two branches with their own initialisation, each with a head at every decoder scale
         self.student = UNet2D(in_channels, n_classes, multiscale=True)
         self.branch2 = UNet2D(in_channels, n_classes, multiscale=True)
+        self._init_warmup()
 
     def trainable_parameters(self):
         return list(self.student.parameters()) + list(self.branch2.parameters())
@@ -200,10 +205,15 @@ class BARL(Method):
     def training_step(self, batch: Batch, state: TrainState):
         s = self.settings
         nets = (self.student, self.branch2)
-        sup = 0.0
+        warming_up = not self.needs_unlabeled(state)
+        sup, dice = 0.0, 0.0
         for net in nets:
             _, fl = net(batch.x_l, return_features=True)
             sup = sup + self._supervised(fl["scales"], batch.y_l)
+            if warming_up:
+                dice += labeled_agreement(fl["scales"][0].detach(), batch.y_l) / len(nets)
+        if warming_up:  # both branches on the labeled patches only (agreement: theirs with the labels)
+            return {"loss": sup, "supervised": sup.detach(), "labeled_agreement": self.record_agreement(dice)}
         with torch.no_grad():
             weak = [[torch.softmax(o.float(), 1) for o in net(batch.x_u, return_features=True)[1]["scales"]]
                     for net in nets]
@@ -226,7 +236,7 @@ class BARL(Method):
         region = self._region(strong[0]["decoder"], strong[1]["decoder"], pl[0], agreed)
         instance = (self._instance(strong[0]["decoder"], strong[1]["decoder"], pl[0], pl[1])
                     if s.instance_weight > 0 else torch.zeros((), device=batch.x_u.device))
-        w = sigmoid_rampup(state.ramp(s.rampup_fraction, s.rampup_iterations), 1.0)
+        w = self.ramp_after_warmup(state, s.rampup_fraction, s.rampup_iterations)
         label_space = s.cps_weight * cps + s.consistency_weight * cons + s.pcbc_weight * pcbc
         representation = s.region_weight * region + s.instance_weight * instance
         loss = sup + w * (label_space + representation)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..inference import Predictor
-from ..losses import pixel_uncertainty
+from ..losses import pixel_uncertainty, sigmoid_rampup
 from ..networks import UNet2D
 
 
@@ -223,6 +223,57 @@ def teacher_alpha(iteration: int, decay: float, window: float) -> float:
     """The EMA teacher's decay at this step: 0 (a copy of the student) at the first step, then
     1 - window / (iteration + 1), never above ``decay``."""
     return min(decay, max(0.0, 1.0 - window / (iteration + 1)))
+
+
+@dataclass
+class WarmupSettings:
+    """The supervised warm-up's settings (``AgreementWarmup``): no unlabeled stream, so steps as fast
+    as the method's supervised part, until the network agrees with the labeled patches (running Dice
+    >= warmup_agreement) after at least MIN_RAMP_ITERATIONS steps, and at most warmup_fraction of the
+    budget; the unlabeled terms' ramp starts then."""
+
+    warmup: str = "none"  # "none" | "agreement"
+    warmup_agreement: float = 0.7
+    warmup_fraction: float = 0.5
+    warmup_iterations: int = 1000  # the cap when training runs until stopped
+
+
+class AgreementWarmup:
+    """The supervised warm-up of a method whose settings include ``WarmupSettings``."""
+
+    def _init_warmup(self) -> None:
+        s = self.settings
+        check_choice("warmup", s.warmup, ("none", "agreement"))
+        for key in ("warmup_agreement", "warmup_fraction"):
+            if not 0.0 <= getattr(s, key) <= 1.0:
+                raise ValueError(f"{key} must be from 0 to 1, not {getattr(s, key)}")
+        # not saved: a resumed model re-measures its agreement, which a trained one passes in a few steps
+        self.warmed_up = s.warmup == "none"
+        # running Dice on the labeled patches; a buffer (unsaved) so that the ranks of a torchrun
+        # average it after each step and take the warm-up decision together
+        self.register_buffer("agreement", torch.zeros(()), persistent=False)
+        self._warm_end: tuple[int, float] = (0, 0.0)  # (iteration, progress) where the warm-up ended
+
+    def needs_unlabeled(self, state: TrainState) -> bool:
+        if self.warmed_up:
+            return True
+        s = self.settings
+        done = (state.iteration >= MIN_RAMP_ITERATIONS and float(self.agreement) >= s.warmup_agreement) or \
+            not state.within(s.warmup_fraction, s.warmup_iterations)
+        if done:
+            self.warmed_up = True
+            self._warm_end = (state.iteration, state.progress or 0.0)
+        return done
+
+    def record_agreement(self, dice: float) -> torch.Tensor:
+        self.agreement.mul_(0.9).add_(0.1 * dice)
+        return self.agreement.clone()
+
+    def ramp_after_warmup(self, state: TrainState, fraction: float, fallback_iterations: int) -> float:
+        """The unlabeled terms' sigmoid ramp, counted from the end of the warm-up."""
+        i0, p0 = self._warm_end
+        since = TrainState(state.iteration - i0, None if state.progress is None else state.progress - p0)
+        return sigmoid_rampup(min(since.ramp(fraction, fallback_iterations), state.trust()), 1.0)
 
 
 def check_choice(setting: str, value, choices) -> None:

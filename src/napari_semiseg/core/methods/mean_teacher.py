@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import torch
 
 from ..inference import Predictor
-from ..losses import labeled_agreement, sigmoid_rampup, split_known, supervised_loss
-from .base import (MIN_RAMP_ITERATIONS, Batch, Method, StepFeatures, TeacherMixin, TeacherSettings,
-                   TrainState, batch_stats_forward, check_choice, noisy)
+from ..losses import labeled_agreement, split_known, supervised_loss
+from .base import (AgreementWarmup, Batch, Method, StepFeatures, TeacherMixin, TeacherSettings, TrainState,
+                   WarmupSettings, batch_stats_forward, noisy)
 
 
 @dataclass
-class MeanTeacherSettings(TeacherSettings):
+class MeanTeacherSettings(TeacherSettings, WarmupSettings):
     consistency: float = 0.1  # weight once ramped up (SSL4MIS's; 1.0 collapsed on some volumes)
     rampup_fraction: float = 0.3  # of the budget; SSL4MIS ramps over its whole 30k-iteration run
     rampup_iterations: int = 600  # used when training runs until stopped
@@ -22,16 +22,10 @@ class MeanTeacherSettings(TeacherSettings):
     teacher_norm: str = "running"  # "running": eval mode (measured better); "batch": the unlabeled batch's BN statistics
     align: bool = False  # distribution alignment of the teacher's probabilities to the labeled class frequencies
     confidence: float = 0.0  # consistency only on pixels the teacher gives at least this probability; 0: all
-    # Supervised warm-up: no unlabeled stream (so steps as fast as supervised training's) until the
-    # student agrees with the labeled patches (running Dice >= warmup_agreement), for at least
-    # MIN_RAMP_ITERATIONS steps and at most warmup_fraction of the budget; the consistency ramp starts then.
-    warmup: str = "none"  # "none" | "agreement"
-    warmup_agreement: float = 0.7
-    warmup_fraction: float = 0.5
-    warmup_iterations: int = 1000  # the cap when training runs until stopped
+    # warmup=agreement: supervised until the student agrees with the labels (WarmupSettings); off: RESULTS §11.2
 
 
-class MeanTeacher(TeacherMixin, Method):
+class MeanTeacher(AgreementWarmup, TeacherMixin, Method):
     """Student on labeled + unlabeled slices; MSE to the EMA teacher's softmax on a noisy view.
 
     Differs from SSL4MIS on purpose: the teacher averages batch-norm statistics too and runs in eval
@@ -45,34 +39,16 @@ class MeanTeacher(TeacherMixin, Method):
 
     def __init__(self, in_channels, n_classes, settings=None):
         super().__init__(in_channels, n_classes, settings)
-        check_choice("warmup", self.settings.warmup, ("none", "agreement"))
-        for key in ("confidence", "warmup_agreement", "warmup_fraction"):
-            if not 0.0 <= getattr(self.settings, key) <= 1.0:
-                raise ValueError(f"{key} must be from 0 to 1, not {getattr(self.settings, key)}")
+        if not 0.0 <= self.settings.confidence <= 1.0:
+            raise ValueError(f"confidence must be from 0 to 1, not {self.settings.confidence}")
         self._make_teacher()
-        # not saved: a resumed model re-measures its agreement, which a trained one passes in a few steps
-        self.warmed_up = self.settings.warmup == "none"
-        # running Dice of the student on the labeled patches; buffers (unsaved) so that the ranks of a
-        # torchrun average them after each step and take the warm-up decision together
-        self.register_buffer("agreement", torch.zeros(()), persistent=False)
-        self._warm_end: tuple[int, float] = (0, 0.0)  # (iteration, progress) where the warm-up ended
+        self._init_warmup()
         # running class frequencies (distribution alignment)
         self.register_buffer("_class_freq", torch.zeros(n_classes), persistent=False)
         self.register_buffer("_teacher_freq", torch.zeros(n_classes), persistent=False)
         self._aligned_once = False
 
     learns_without_unlabeled = True
-
-    def needs_unlabeled(self, state: TrainState) -> bool:
-        if self.warmed_up:
-            return True
-        s = self.settings
-        done = (state.iteration >= MIN_RAMP_ITERATIONS and float(self.agreement) >= s.warmup_agreement) or \
-            not state.within(s.warmup_fraction, s.warmup_iterations)
-        if done:
-            self.warmed_up = True
-            self._warm_end = (state.iteration, state.progress or 0.0)
-        return done
 
     @torch.no_grad()
     def _aligned(self, target: torch.Tensor, y_l: torch.Tensor) -> torch.Tensor:
@@ -93,13 +69,6 @@ class MeanTeacher(TeacherMixin, Method):
         out = target * ratio[None, :, None, None]
         return out / out.sum(1, keepdim=True)
 
-    def _consistency_ramp(self, state: TrainState) -> float:
-        """The ramp's position counted from the end of the warm-up."""
-        s = self.settings
-        i0, p0 = self._warm_end
-        since = TrainState(state.iteration - i0, None if state.progress is None else state.progress - p0)
-        return sigmoid_rampup(min(since.ramp(s.rampup_fraction, s.rampup_iterations), state.trust()), 1.0)
-
     def predictor(self):
         return Predictor(self.teacher)
 
@@ -108,9 +77,9 @@ class MeanTeacher(TeacherMixin, Method):
         if not self.needs_unlabeled(state) or not len(batch.x_u):  # warming up, or nothing unlabeled:
             # exactly supervised training
             logits_l = self.student(batch.x_l)
-            self.agreement.mul_(0.9).add_(0.1 * labeled_agreement(logits_l, batch.y_l))
+            agreement = self.record_agreement(labeled_agreement(logits_l, batch.y_l))
             sup = supervised_loss(logits_l, batch.y_l)
-            return {"loss": sup, "supervised": sup.detach(), "agreement": self.agreement.clone()}, StepFeatures()
+            return {"loss": sup, "supervised": sup.detach(), "agreement": agreement}, StepFeatures()
         # each stream through its own forward pass: one forward over both lets batch-norm statistics
         # tell the few labeled slices apart from the rest (hippocampus, 3 labeled slices: the
         # unlabeled-slice Dice fell from 0.70 to 0.23 at 400 iterations)
@@ -137,7 +106,7 @@ class MeanTeacher(TeacherMixin, Method):
             cons = (dist * sure).sum() / sure.sum().clamp_min(1.0)
         else:
             cons = dist.mean()
-        w = s.consistency * self._consistency_ramp(state)
+        w = s.consistency * self.ramp_after_warmup(state, s.rampup_fraction, s.rampup_iterations)
         return {"loss": sup + w * cons, "supervised": sup.detach(), "consistency": cons.detach(),
                 "consistency_weight": torch.tensor(w)}, features
 
