@@ -301,3 +301,8 @@ done
 loop_curves "supervised,barl" s22/loop_barl
 .venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s22/loop_barl_{A,B}.json
 .venv/bin/python benchmarks/step_cost.py --methods supervised,barl   # a full step and a warm-up step
+# §22.5: SGRS-Net at equal steps with today's defaults (its warm-up variant was removed again)
+$BIN benchmark $H --methods supervised,sgrs-net --json $OUT/s22/hip_sgrs.json > $OUT/s22/hip_sgrs.log 2>&1 &
+$BIN benchmark $C --methods supervised,sgrs-net --json $OUT/s22/chase_sgrs.json > $OUT/s22/chase_sgrs.log 2>&1 &
+wait
+$BIN benchmark $H --seed 1 --methods supervised,sgrs-net --json $OUT/s22/hip_sgrs_s1.json > $OUT/s22/hip_sgrs_s1.log 2>&1
