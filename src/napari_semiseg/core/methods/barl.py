@@ -128,9 +128,8 @@ def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 class BARL(AgreementWarmup, Method):
     name = "barl"
-    advice = ("Two networks, about five times the time per step (two while they first learn the labels): "
-              "0.05-0.06 Dice behind supervised training in a CPU minute; level or ahead at equal steps "
-              "and after a few corrections.")
+    advice = ("Two networks, about five times the time per step: 0.05-0.06 Dice behind supervised training "
+              "in a CPU minute; level or ahead at equal steps and after a few corrections.")
     Settings = BARLSettings
 
     def __init__(self, in_channels, n_classes, settings=None):
