@@ -306,3 +306,28 @@ $BIN benchmark $H --methods supervised,sgrs-net --json $OUT/s22/hip_sgrs.json > 
 $BIN benchmark $C --methods supervised,sgrs-net --json $OUT/s22/chase_sgrs.json > $OUT/s22/chase_sgrs.log 2>&1 &
 wait
 $BIN benchmark $H --seed 1 --methods supervised,sgrs-net --json $OUT/s22/hip_sgrs_s1.json > $OUT/s22/hip_sgrs_s1.log 2>&1
+# §23.1: CHASE_DB1 in 10 CPU minutes, every method, with today's defaults
+mkdir -p $OUT/s23
+C10="../shared/data/chase_db1 --protocol dataset --test-count 8 --minutes 10 --threads 1"
+$BIN benchmark $C10 --methods supervised,mean-teacher,bcp,sra-seg --json $OUT/s23/chase10_a.json > $OUT/s23/chase10_a.log 2>&1 &
+$BIN benchmark $C10 --methods sgrs-net,barl,transmedseg --json $OUT/s23/chase10_b.json > $OUT/s23/chase10_b.log 2>&1 &
+wait
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s23/chase10_{a,b}.json
+# §23.2: what two labeled slices agree on, taught between them: how right it is (no training), then the
+# session protocol with it and without it (the default), side by side
+.venv/bin/python benchmarks/prior_precision.py $HIPPO
+S10="$HIPPO --protocol session --volumes 10 --k 3 --seconds 60 --axis 2 --threads 1 --methods supervised,mean-teacher"
+$BIN benchmark $S10 --set prior_share=0.25 --json $OUT/s23/session_prior.json > $OUT/s23/session_prior.log 2>&1 &
+$BIN benchmark $S10 --set prior_share=0 --json $OUT/s23/session_noprior.json > $OUT/s23/session_noprior.log 2>&1 &
+wait
+.venv/bin/python benchmarks/paired_session.py $OUT/s23/session_noprior.json $OUT/s23/session_prior.json
+.venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s23/session_prior.json
+S1K="$HIPPO --protocol session --volumes 10 --k 3 --iterations 1000 --axis 2 --threads 1"
+$BIN benchmark $S1K --methods supervised,mean-teacher --set prior_share=0.25 --json $OUT/s23/steps_prior.json > $OUT/s23/steps_prior.log 2>&1 &
+$BIN benchmark $S1K --methods supervised,mean-teacher --set prior_share=0 --json $OUT/s23/steps_noprior.json > $OUT/s23/steps_noprior.log 2>&1 &
+wait
+$BIN benchmark $S1K --seed 1 --methods mean-teacher --set prior_share=0.25 --json $OUT/s23/steps_prior_s1.json > $OUT/s23/steps_prior_s1.log 2>&1 &
+$BIN benchmark $S1K --seed 1 --methods mean-teacher --set prior_share=0 --json $OUT/s23/steps_noprior_s1.json > $OUT/s23/steps_noprior_s1.log 2>&1 &
+wait
+.venv/bin/python benchmarks/paired_session.py $OUT/s23/steps_noprior.json $OUT/s23/steps_prior.json
+.venv/bin/python benchmarks/paired_session.py $OUT/s23/steps_noprior_s1.json $OUT/s23/steps_prior_s1.json

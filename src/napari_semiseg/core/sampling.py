@@ -4,7 +4,9 @@ Items are square patches cropped from slices at the working resolution (the imag
 the user asks for a coarser one); a slice smaller than the patch is padded, never resized. Labeled
 items are drawn only from slices in each volume's ``labeled`` set, so labels of other slices never
 reach a loss, and a fixed share of them is centred on a labeled foreground pixel of a class drawn
-at random (nnU-Net's oversampling), so rare, small or thin classes are in every batch. Augmentation
+at random (nnU-Net's oversampling), so rare, small or thin classes are in every batch. In a 3D
+volume a share of the labeled items (``prior_share``) comes from the slices between two labeled
+ones, labeled with what those two agree on (``slice_prior``) and unknown elsewhere. Augmentation
 (methods-spec §1.1) runs on the whole batch at once: with p = 0.5 a random rot90 and flip,
 otherwise a rotation in [-20, 20) degrees; images bilinear, labels nearest.
 """
@@ -17,8 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .classes import UNKNOWN
 from .io import InputError
 from .methods.base import Batch
+from .slice_prior import agreement, gaps, partial_label
 from .volume import Volume
 
 
@@ -47,7 +51,8 @@ class TwoStreamSampler:
     def __init__(self, volumes: list[Volume], patch: int, context: int, labeled_batch: int,
                  unlabeled_batch: int, seed: int = 0, augment: bool = True,
                  extra_unlabeled: list[Volume] | None = None, unlabeled_source: str = "real",
-                 scale: float = 1.0, foreground_fraction: float = 0.33, shard: tuple[int, int] = (0, 1)):
+                 scale: float = 1.0, foreground_fraction: float = 0.33, shard: tuple[int, int] = (0, 1),
+                 prior_share: float = 0.0):
         if unlabeled_source not in UNLABELED_SOURCES:
             raise InputError(f"Unknown unlabeled source '{unlabeled_source}': use real, extra or both.")
         extra = list(extra_unlabeled or [])
@@ -60,6 +65,7 @@ class TwoStreamSampler:
         self.labeled_batch, self.unlabeled_batch = labeled_batch, unlabeled_batch
         self.augment = augment
         self.foreground_fraction = foreground_fraction
+        self.prior_share = prior_share
         self.shard = shard  # (rank, ranks): under torchrun each process draws from its own part
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)
@@ -83,6 +89,15 @@ class TwoStreamSampler:
         self._labeled = _Cycler(labeled, self.rng)
         self._unlabeled = _Cycler(unlabeled or labeled, self.rng)
         self.n_labeled, self.n_unlabeled = len(labeled), len(unlabeled)
+        self._priors, between = {}, []
+        if self.prior_share > 0:
+            for vi, v in enumerate(own):
+                for a, b in gaps(v.labeled) if v.is_3d else []:
+                    self._priors[(vi, a)] = prior_maps(v, self.geometries[vi], a, b)
+                    between += [(vi, s, a, b) for s in range(a + 1, b)]
+        between = own_shard(between, *self.shard)
+        self._between = _Cycler(between, self.rng) if between else None
+        self.n_between = len(between)
 
     def labeled_keys(self) -> list[tuple[int, int]]:
         """(volume, slice) of every labeled slice, for methods that search the labeled images."""
@@ -103,8 +118,26 @@ class TwoStreamSampler:
     def _unlabeled_patch(self, vi: int, s: int) -> torch.Tensor:
         return unlabeled_patch(self.volumes[vi], self.geometries[vi], s, self.patch, self.context, self.rng)
 
+    def _between_patch(self, vi: int, s: int, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels, depth, fg = self._priors[(vi, a)]
+        y = torch.from_numpy(partial_label(labels, depth, min(s - a, b - s)))
+        x = slice_input(self.volumes[vi], self.geometries[vi], s, self.context)
+        return patch_around(x, y, fg, self.patch, self.rng, self.foreground_fraction)
+
+    def prior_items(self) -> int:
+        """Labeled items of the next batch to draw from the slices between labeled ones: the share on
+        average (rounded at random, so a small batch gets some too), never the whole batch."""
+        if self._between is None:
+            return 0
+        expected = self.labeled_batch * self.prior_share
+        n = int(expected) + int(self.rng.random() < expected - int(expected))
+        return min(n, self.labeled_batch - 1)
+
     def next(self, with_unlabeled: bool = True) -> Batch:
-        pairs = [self._labeled_patch(vi, s) for vi, s in self._labeled.take(self.labeled_batch)]
+        n_prior = self.prior_items()
+        pairs = [self._labeled_patch(vi, s) for vi, s in self._labeled.take(self.labeled_batch - n_prior)]
+        if n_prior:
+            pairs += [self._between_patch(*item) for item in self._between.take(n_prior)]
         x_l = torch.stack([p[0] for p in pairs])
         y_l = torch.stack([p[1] for p in pairs]).long()
         x_u = torch.stack([self._unlabeled_patch(vi, s) for vi, s in self._unlabeled.take(self.unlabeled_batch)]) \
@@ -130,14 +163,30 @@ def labeled_patch(v: Volume, geom, s: int, patch: int, context: int, rng: np.ran
                   foreground_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """A random (image, label) patch of a labeled slice; with probability ``foreground_fraction``
     centred on a pixel of a class drawn at random."""
-    x, y = slice_input(v, geom, s, context), v.working_label(s, geom)
+    return patch_around(slice_input(v, geom, s, context), v.working_label(s, geom), v.foreground(s, geom),
+                        patch, rng, foreground_fraction)
+
+
+def patch_around(x: torch.Tensor, y: torch.Tensor, fg: dict[int, np.ndarray], patch: int,
+                 rng: np.random.Generator, foreground_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random patch of (x, y); with probability ``foreground_fraction`` centred on one of the pixels
+    ``fg`` lists (flat indices by class) of a class drawn at random."""
     centre = None
-    if rng.random() < foreground_fraction:
-        fg = v.foreground(s, geom)
-        if fg:
-            pixels = fg[list(fg)[int(rng.integers(len(fg)))]]  # a class at random, then one of its pixels
-            centre = divmod(int(pixels[int(rng.integers(len(pixels)))]), x.shape[-1])
+    if rng.random() < foreground_fraction and fg:  # drawn first, as before: the same patches for the same seed
+        pixels = fg[list(fg)[int(rng.integers(len(fg)))]]  # a class at random, then one of its pixels
+        centre = divmod(int(pixels[int(rng.integers(len(pixels)))]), x.shape[-1])
     return _crop(x, y, *_window(x.shape[-2:], patch, centre, rng), patch)
+
+
+def prior_maps(v: Volume, geom, a: int, b: int) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    """What labeled slices a and b agree on and how deep, at the working resolution, with the flat
+    indices of each foreground class it asserts on every slice between them (patch centres)."""
+    labels, depth = agreement(v.raw_label_slice(a), v.raw_label_slice(b))
+    labels, depth = (geom.to_working(torch.from_numpy(m)[None, None], "nearest")[0, 0].contiguous().numpy()
+                     for m in (labels, depth))
+    flat = partial_label(labels, depth, 0).reshape(-1)
+    centres = set(np.unique(flat).tolist()) - {0, UNKNOWN}
+    return labels, depth, {int(c): np.flatnonzero(flat == c) for c in sorted(centres)}
 
 
 def unlabeled_patch(v: Volume, geom, s: int, patch: int, context: int, rng: np.random.Generator) -> torch.Tensor:

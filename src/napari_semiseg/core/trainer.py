@@ -58,6 +58,10 @@ class TrainConfig:
     patch_size: int | None = None  # training patch side; None: 128 on a CPU, 512 on a GPU (a small image's own)
     scale: float = 1.0  # working resolution: 1 = the image's own; 0.5 trains and predicts at half
     foreground_fraction: float = 0.33  # share of labeled patches centred on a labeled foreground pixel
+    # share of labeled patches taken from the slices between two labeled ones of a 3D volume, labeled
+    # where those two agree (slice_prior); off by default: a tie with the mean teacher, a small loss
+    # without it, on the hippocampus session protocol (RESULTS §23.2); 0.25 is what was measured
+    prior_share: float = 0.0
     window_overlap: float = 0.25  # sliding-window prediction: overlap of neighbouring windows
     refresh_budget_seconds: float = 1.0  # prediction time per live refresh (the focused slice always)
     context: int = 1  # neighbouring slices on each side fed as extra channels (3D only)
@@ -105,6 +109,8 @@ class TrainConfig:
         require(0 < self.scale <= 1, f"scale must be above 0 and at most 1 (the image's own resolution), not {self.scale}.")
         require(0 <= self.foreground_fraction <= 1 and 0 <= self.window_overlap < 1,
                 "foreground_fraction must be in [0, 1] and window_overlap in [0, 1).")
+        require(0 <= self.prior_share < 1, "prior_share must be in [0, 1): at least one labeled patch comes "
+                f"from a labeled slice, not {self.prior_share}.")
         require(self.refresh_budget_seconds > 0, "refresh_budget_seconds must be above 0.")
         require(0 <= self.context <= 8, f"context must be from 0 to 8 neighbouring slices, not {self.context}.")
         require(self.threads is None or self.threads >= 1, f"threads must be at least 1, not {self.threads}.")
@@ -292,7 +298,8 @@ class Trainer:
             self.sampler = TwoStreamSampler(volumes, self.patch, self.context, labeled, unl_batch,
                                             seed=c.seed + 7919 * rank, augment=c.augment, extra_unlabeled=extra,
                                             unlabeled_source=c.unlabeled_source, scale=self.scale,
-                                            foreground_fraction=c.foreground_fraction, shard=shard)
+                                            foreground_fraction=c.foreground_fraction, shard=shard,
+                                            prior_share=c.prior_share)
         self.spec = InputSpec(self.patch, self.context, self.scale, c.window_overlap)
         self.runtime = Runtime(self.device, self.precision, self.channels_last)
         self.focus: tuple[int, int] = (0, self.volumes[0].n_slices // 2 if self.volumes else 0)

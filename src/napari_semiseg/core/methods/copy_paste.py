@@ -121,7 +121,7 @@ def _halves(x: torch.Tensor, *others):
 class BCP(TeacherMixin, Method):
     name = "bcp"
     advice = ("Level with or ahead of supervised training on a few labeled slices (+0.00-0.03 Dice); "
-              "0.01-0.07 behind after corrections or when many are labeled.")
+              "0.01-0.04 behind after corrections or when many are labeled.")
     Settings = BCPSettings
 
     def __init__(self, in_channels, n_classes, settings=None):
@@ -262,7 +262,7 @@ class SRASeg(BCP):
     """
 
     name = "sra-seg"
-    advice = ("0.03-0.07 Dice behind supervised training on almost every protocol measured; "
+    advice = ("0.03-0.05 Dice behind supervised training on almost every protocol measured; "
               "level with it at best, on a few labeled slices on a fast machine.")
     Settings = SRASegSettings
     skips_parameters = True  # the projection head learns only in the alignment phase

@@ -124,7 +124,7 @@ class ViewDisagreement(nn.Module):
 class SGRSNet(TeacherMixin, Method):
     name = "sgrs-net"
     advice = ("Ahead with a few labeled slices (+0.03-0.06 Dice); level with supervised training at equal "
-              "steps when many are labeled; 0.03 behind on vessels in a 10-minute CPU run.")
+              "steps when many are labeled; 0.01 behind on vessels in a 10-minute CPU run.")
     Settings = SGRSSettings
 
     def __init__(self, in_channels, n_classes, settings=None):
