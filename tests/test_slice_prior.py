@@ -63,7 +63,7 @@ def test_a_share_of_the_labeled_patches_comes_from_between_the_labeled_slices_an
         truth = lab[1:4]
         known = y != UNKNOWN
         assert any((t[known] == y[known]).all() for t in truth)
-    vol.set_labels(lab, {0, 2, 4, 5})  # a correction between them: two shorter gaps, the same items
+    vol.set_labels(lab, {0, 2, 4, 5})  # a correction between them: two shorter gaps, slices 1 and 3
     sampler.refresh()
     assert sampler.n_between == 2
     assert TwoStreamSampler([vol], 48, 1, 4, 2, prior_share=0.0).prior_items() == 0
