@@ -244,9 +244,8 @@ class AgreementWarmup:
     def _init_warmup(self) -> None:
         s = self.settings
         check_choice("warmup", s.warmup, ("none", "agreement"))
-        for key in ("warmup_agreement", "warmup_fraction"):
-            if not 0.0 <= getattr(s, key) <= 1.0:
-                raise ValueError(f"{key} must be from 0 to 1, not {getattr(s, key)}")
+        check_fraction("warmup_agreement", s.warmup_agreement)
+        check_fraction("warmup_fraction", s.warmup_fraction)
         # not saved: a resumed model re-measures its agreement, which a trained one passes in a few steps
         self.warmed_up = s.warmup == "none"
         # running Dice on the labeled patches; a buffer (unsaved) so that the ranks of a torchrun
@@ -280,6 +279,12 @@ def check_choice(setting: str, value, choices) -> None:
     """A setting outside its choices is one clear error (build_method turns it into an InputError)."""
     if value not in choices:
         raise ValueError(f"unknown {setting} '{value}': use one of {', '.join(map(str, choices))}")
+
+
+def check_fraction(setting: str, value: float) -> None:
+    """A setting that is a share or a probability: from 0 to 1, else one clear error."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{setting} must be from 0 to 1, not {value}")
 
 
 def noisy(x: torch.Tensor, std: float, clip: float) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from ..inference import Predictor
 from ..losses import labeled_agreement, split_known, supervised_loss
 from .base import (AgreementWarmup, Batch, Method, StepFeatures, TeacherMixin, TeacherSettings, TrainState,
-                   WarmupSettings, batch_stats_forward, noisy)
+                   WarmupSettings, batch_stats_forward, check_fraction, noisy)
 
 
 @dataclass
@@ -39,8 +39,7 @@ class MeanTeacher(AgreementWarmup, TeacherMixin, Method):
 
     def __init__(self, in_channels, n_classes, settings=None):
         super().__init__(in_channels, n_classes, settings)
-        if not 0.0 <= self.settings.confidence <= 1.0:
-            raise ValueError(f"confidence must be from 0 to 1, not {self.settings.confidence}")
+        check_fraction("confidence", self.settings.confidence)
         self._make_teacher()
         self._init_warmup()
         # running class frequencies (distribution alignment)
