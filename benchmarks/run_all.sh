@@ -331,3 +331,19 @@ $BIN benchmark $S1K --seed 1 --methods mean-teacher --set prior_share=0 --json $
 wait
 .venv/bin/python benchmarks/paired_session.py $OUT/s23/steps_noprior.json $OUT/s23/steps_prior.json
 .venv/bin/python benchmarks/paired_session.py $OUT/s23/steps_noprior_s1.json $OUT/s23/steps_prior_s1.json
+# §24.1: BCP's and SRA-Seg's pseudo-label weight at equal steps (the papers' weights named: 0.1 is the default since)
+mkdir -p $OUT/s24
+$BIN benchmark $H --methods "supervised,bcp[u_weight=0.5],bcp[u_weight=0.1],sra-seg[u_weight=1.0],sra-seg[u_weight=0.1]" --json $OUT/s24/hip_u.json > $OUT/s24/hip_u.log 2>&1 &
+$BIN benchmark $C --methods "supervised,bcp[u_weight=0.1],sra-seg[u_weight=0.1]" --json $OUT/s24/chase_u.json > $OUT/s24/chase_u.log 2>&1 &
+wait
+$BIN benchmark $C --methods "supervised,bcp[u_weight=0.5],sra-seg[u_weight=1.0]" --json $OUT/s24/chase_default.json > $OUT/s24/chase_default.log 2>&1 &
+# §24.2: the same on the session protocol (equal time, side by side)
+S24="$HIPPO --protocol session --volumes 10 --k 3 --seconds 60 --axis 2 --threads 1"
+$BIN benchmark $S24 --methods "supervised,sra-seg[u_weight=0.1],bcp[u_weight=0.1]" --json $OUT/s24/session_u.json > $OUT/s24/session_u.log 2>&1 &
+wait
+$BIN benchmark $S24 --methods "supervised,sra-seg[u_weight=1.0],bcp[u_weight=0.5]" --json $OUT/s24/session_default.json > $OUT/s24/session_default.log 2>&1
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/chase_default.json $OUT/s24/chase_u.json
+.venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s24/session_default.json
+.venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s24/session_u.json
+# §24.4: each method's step and the share of it in EMA-teacher passes
+.venv/bin/python benchmarks/step_cost.py

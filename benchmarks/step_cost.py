@@ -5,12 +5,15 @@
 At equal time a method that costs k times a supervised step takes 1/k of its steps: this says where a
 method's budget goes before any Dice is measured. Random images on the CPU, past every warm-up (the
 unlabeled terms all on). SRA-Seg is left out: its alignment needs the frozen encoder and a labeled bank.
+The last column is the share of the step spent in the EMA teacher's forward passes: the most that a
+cheaper teacher could give back.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -19,17 +22,52 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from throughput import measure  # noqa: E402  (this folder; the same timed step, fp32 on the CPU)
 
 from napari_semiseg.core.methods import METHODS as METHOD_CLASSES  # noqa: E402
+from napari_semiseg.core.methods.base import TeacherMixin  # noqa: E402
 
 METHODS = ("supervised", "mean-teacher", "bcp", "sgrs-net", "barl", "transmedseg")
 
 
-def step_seconds(name: str, args, first_iteration: int = 1000) -> float:
-    """Mean seconds of one full step of ``name``, past every warm-up (the unlabeled terms all on), or
-    from ``first_iteration`` (0: in a supervised warm-up, for a method that has one by default)."""
+class TeacherClock:
+    """Seconds spent in the forward passes of every EMA teacher built while it is installed."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._make_teacher = TeacherMixin._make_teacher
+
+    def __enter__(self):
+        clock, make = self, self._make_teacher
+
+        def make_timed_teacher(method):
+            make(method)
+            forward = method.teacher.forward
+
+            def timed(*args, **kwargs):
+                t0 = time.perf_counter()
+                try:
+                    return forward(*args, **kwargs)
+                finally:
+                    clock.seconds += time.perf_counter() - t0
+
+            method.teacher.forward = timed
+
+        TeacherMixin._make_teacher = make_timed_teacher
+        return self
+
+    def __exit__(self, *exc):
+        TeacherMixin._make_teacher = self._make_teacher
+
+
+def step_seconds(name: str, args, first_iteration: int = 1000) -> tuple[float, float]:
+    """Mean seconds of one full step of ``name`` and the share of it in teacher passes, past every
+    warm-up (the unlabeled terms all on), or from ``first_iteration`` (0: in a supervised warm-up, for
+    a method that has one by default)."""
     batch = args.labeled + args.unlabeled
-    rate = measure(torch.device("cpu"), args.patch, batch, args.labeled, "fp32", False, args.steps,
-                   method_name=name, in_channels=1, n_classes=args.classes, first_iteration=first_iteration)
-    return batch / rate
+    with TeacherClock() as teacher:
+        t0 = time.perf_counter()
+        rate = measure(torch.device("cpu"), args.patch, batch, args.labeled, "fp32", False, args.steps,
+                       method_name=name, in_channels=1, n_classes=args.classes, first_iteration=first_iteration)
+        total = time.perf_counter() - t0  # every step, the untimed warm-up ones too, as the teacher's clock
+    return batch / rate, teacher.seconds / total
 
 
 def main(argv: list[str]) -> int:
@@ -48,14 +86,14 @@ def main(argv: list[str]) -> int:
         names.insert(0, "supervised")
     base = None
     print(f"patch {args.patch}, {args.labeled} labeled + {args.unlabeled} unlabeled, {args.threads} thread(s)")
-    print("| method | ms per step | × supervised |\n|---|---|---|")
+    print("| method | ms per step | × supervised | teacher passes |\n|---|---|---|---|")
     for name in names:
-        seconds = step_seconds(name, args)
+        seconds, teacher = step_seconds(name, args)
         base = base or seconds
-        print(f"| {name} | {seconds * 1000:.0f} | {seconds / base:.1f} |")
+        print(f"| {name} | {seconds * 1000:.0f} | {seconds / base:.1f} | {teacher:.0%} |")
         if getattr(METHOD_CLASSES[name].Settings(), "warmup", "none") != "none":
-            seconds = step_seconds(name, args, first_iteration=0)
-            print(f"| {name}, in its warm-up | {seconds * 1000:.0f} | {seconds / base:.1f} |")
+            seconds, teacher = step_seconds(name, args, first_iteration=0)
+            print(f"| {name}, in its warm-up | {seconds * 1000:.0f} | {seconds / base:.1f} | {teacher:.0%} |")
     return 0
 
 
