@@ -345,5 +345,9 @@ $BIN benchmark $S24 --methods "supervised,sra-seg[u_weight=1.0],bcp[u_weight=0.5
 .venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/chase_default.json $OUT/s24/chase_u.json
 .venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s24/session_default.json
 .venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s24/session_u.json
+$BIN benchmark $H --seed 1 --methods "supervised,bcp[u_weight=0.5],bcp[u_weight=0.1]" --json $OUT/s24/hip_u_s1_bcp.json > $OUT/s24/hip_u_s1_bcp.log 2>&1 &
+$BIN benchmark $H --seed 1 --methods "sra-seg[u_weight=1.0],sra-seg[u_weight=0.1]" --json $OUT/s24/hip_u_s1_sra.json > $OUT/s24/hip_u_s1_sra.log 2>&1 &
+wait
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/hip_u_s1_bcp.json $OUT/s24/hip_u_s1_sra.json
 # §24.4: each method's step and the share of it in EMA-teacher passes
 .venv/bin/python benchmarks/step_cost.py

@@ -123,8 +123,8 @@ def _halves(x: torch.Tensor, *others):
 
 class BCP(TeacherMixin, Method):
     name = "bcp"
-    advice = ("Level with supervised training on the hippocampus (+0.01 Dice); 0.01-0.02 behind on "
-              "thin vessels, after corrections and on a slow CPU.")
+    advice = ("Level with supervised training on the hippocampus (-0.01 to +0.01 Dice); 0.01-0.02 "
+              "behind on thin vessels, after corrections and on a slow CPU.")
     Settings = BCPSettings
 
     def __init__(self, in_channels, n_classes, settings=None):
@@ -240,7 +240,7 @@ class BCP(TeacherMixin, Method):
 
 @dataclass
 class SRASegSettings(BCPSettings):
-    # u_weight: BCP's 0.1; the paper's 1.0 cost 0.011-0.014 Dice at 1000 steps (RESULTS §24.1)
+    # u_weight: BCP's 0.1; the paper's 1.0 cost 0.010-0.014 Dice at 1000 steps (RESULTS §24.1)
     blend: str = "gaussian"  # "box" for thin structures such as vessels
     loss: str = "soft"
     sa_mode: str = "feature"  # "feature": trains the network; "paper_code": logged only, as released; "off"
@@ -265,8 +265,8 @@ class SRASeg(BCP):
     """
 
     name = "sra-seg"
-    advice = ("0.02-0.07 Dice behind supervised training on most protocols measured; within 0.01 "
-              "of it with many labeled slices at equal steps.")
+    advice = ("0.01-0.07 Dice behind supervised training on every protocol measured; least with many "
+              "labeled slices at equal steps.")
     Settings = SRASegSettings
     skips_parameters = True  # the projection head learns only in the alignment phase
 
