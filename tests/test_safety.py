@@ -158,12 +158,21 @@ def test_a_killed_training_leaves_a_model_that_predict_and_resume_use_and_a_seco
     assert not list(tmp_path.glob(".model.new-*")) and not list(out.glob(".model.new-*"))
 
 
+def _sigint_as_a_terminal_sends_it():
+    """A child inherits an ignored or blocked SIGINT from whatever earlier test left it so in this
+    process (the full suite, twice on one machine: the child never saw the Ctrl-C); a terminal's
+    process gets it delivered."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_saves_the_model_and_says_where(scan, tmp_path):
     img, lab = scan
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "napari_semiseg", "train", str(img), "--labels", str(lab), *FAST,
                              "--minutes", "5", "--set", "checkpoint_seconds=0.5", "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_a_terminal_sends_it)
     deadline = time.time() + 120
     while not (out / "model" / "config.json").exists() and time.time() < deadline:
         time.sleep(0.05)
