@@ -541,11 +541,29 @@ def test_a_warming_mean_teacher_trains_without_drawing_unlabeled_patches():
     assert drawn == [False, False, False] and "consistency" not in last.losses
 
 
+@pytest.mark.parametrize("method", ["bcp", "sra-seg"])
+def test_copy_paste_pre_training_draws_no_unlabeled_patches(method):
+    """Pre-training pastes labeled pairs: unlabeled patches drawn then would cost time and teach nothing."""
+    vol = tiny_volume(labeled=(1, 4))
+    t = Trainer([vol], fast_config(method=method, iterations=3))
+    drawn = []
+    original = t.sampler.next
+    t.sampler.next = lambda with_unlabeled=True: drawn.append(with_unlabeled) or original(with_unlabeled)
+    last = t.train()
+    assert drawn == [False, False, False] and last.losses["pretraining"] == 1.0
+    m = t.method
+    assert m.needs_unlabeled(TrainState(250, 0.3))  # self-training: both directions need unlabeled images
+    m.self_training.fill_(True)  # a resumed model skips pre-training
+    assert m.needs_unlabeled(TrainState(0, 0.0))
+
+
 def test_with_every_slice_labeled_the_mean_teacher_is_supervised_training_and_bcp_keeps_its_pairs():
     """Nothing unlabeled to learn from: the mean teacher's consistency would only cost steps."""
     vol = tiny_volume(labeled=range(6))
     for method, draws in (("mean-teacher", False), ("bcp", True)):
-        t = Trainer([vol], fast_config(method=method, iterations=2))
+        # BCP past its pre-training, which draws nothing unlabeled
+        settings = {"pretrain_fraction": 0.0} if method == "bcp" else {}
+        t = Trainer([vol], fast_config(method=method, iterations=2, method_settings=settings))
         drawn = []
         original = t.sampler.next
         t.sampler.next = lambda with_unlabeled=True: drawn.append(with_unlabeled) or original(with_unlabeled)
