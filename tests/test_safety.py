@@ -159,9 +159,9 @@ def test_a_killed_training_leaves_a_model_that_predict_and_resume_use_and_a_seco
 
 
 def _sigint_as_a_terminal_sends_it():
-    """A child inherits an ignored or blocked SIGINT from whatever earlier test left it so in this
-    process (the full suite, twice on one machine: the child never saw the Ctrl-C); a terminal's
-    process gets it delivered."""
+    """A suite started in the background by a non-interactive shell runs with SIGINT ignored (POSIX:
+    asynchronous commands without job control; seen in /proc as SigIgn of the pytest process) and a
+    child inherits that: it never saw the Ctrl-C. A terminal's process gets it delivered."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
