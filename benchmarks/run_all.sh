@@ -351,3 +351,20 @@ wait
 .venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/hip_u_s1_bcp.json $OUT/s24/hip_u_s1_sra.json
 # §24.4: each method's step and the share of it in EMA-teacher passes
 .venv/bin/python benchmarks/step_cost.py
+# §25: SRA-Seg's parts at equal steps on the session protocol; its unpasted term weighted 2 (the default since)
+mkdir -p $OUT/s25
+S250="$HIPPO --protocol session --volumes 10 --k 3 --iterations 250 --axis 2 --threads 1"
+$BIN benchmark $S250 --methods "supervised,bcp,sra-seg[labeled_weight=1.0]" --json $OUT/s25/sess250_a.json > $OUT/s25/sess250_a.log 2>&1 &
+$BIN benchmark $S250 --methods "sra-seg[labeled_weight=1.0],sra-seg" --json $OUT/s25/sess250_d.json > $OUT/s25/sess250_d.log 2>&1 &
+wait
+$BIN benchmark $H --methods "sra-seg[labeled_weight=1.0],sra-seg" --json $OUT/s25/hip_lw.json > $OUT/s25/hip_lw.log 2>&1 &
+$BIN benchmark $C --methods sra-seg --json $OUT/s25/chase_lw.json > $OUT/s25/chase_lw.log 2>&1 &
+wait
+$BIN benchmark $H --seed 1 --methods sra-seg --json $OUT/s25/hip_lw_s1.json > $OUT/s25/hip_lw_s1.log 2>&1
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/hip_u_s1_sra.json $OUT/s24/hip_u_s1_bcp.json $OUT/s25/hip_lw_s1.json
+$BIN benchmark $HIPPO --protocol session --volumes 10 --k 3 --seconds 60 --axis 2 --threads 1 --methods supervised,sra-seg --json $OUT/s25/session60.json > $OUT/s25/session60.log 2>&1
+.venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s25/sess250_a.json
+.venv/bin/python benchmarks/paired_session.py --against "sra-seg[labeled_weight=1.0]" $OUT/s25/sess250_d.json
+.venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s25/session60.json
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/hip_u.json $OUT/s25/hip_lw.json
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/chase_u.json $OUT/s25/chase_lw.json
