@@ -274,8 +274,8 @@ class SRASeg(BCP):
     """
 
     name = "sra-seg"
-    advice = ("0.01-0.03 Dice behind supervised training on vessels at 1000 steps and in a CPU minute; "
-              "level with it on the hippocampus at 1000 steps.")
+    advice = ("About 0.03 Dice behind supervised training in a CPU minute and 0.01 on thin vessels at "
+              "1000 steps; level with it on the hippocampus at 1000 steps.")
     Settings = SRASegSettings
     skips_parameters = True  # the projection head learns only in the alignment phase
 
