@@ -363,6 +363,11 @@ wait
 $BIN benchmark $H --seed 1 --methods sra-seg --json $OUT/s25/hip_lw_s1.json > $OUT/s25/hip_lw_s1.log 2>&1
 .venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/hip_u_s1_sra.json $OUT/s24/hip_u_s1_bcp.json $OUT/s25/hip_lw_s1.json
 $BIN benchmark $HIPPO --protocol session --volumes 10 --k 3 --seconds 60 --axis 2 --threads 1 --methods supervised,sra-seg --json $OUT/s25/session60.json > $OUT/s25/session60.log 2>&1
+# §25.6: BCP's unpasted patches weighted 2 (a lead, not the default)
+$BIN benchmark $S250 --methods bcp --json $OUT/s25/sess250_bcp1.json > $OUT/s25/sess250_bcp1.log 2>&1 &
+$BIN benchmark $S250 --methods "bcp[labeled_weight=2.0]" --json $OUT/s25/sess250_bcp2.json > $OUT/s25/sess250_bcp2.log 2>&1 &
+wait
+.venv/bin/python benchmarks/paired_session.py --against bcp $OUT/s25/sess250_bcp1.json $OUT/s25/sess250_bcp2.json
 .venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s25/sess250_a.json
 .venv/bin/python benchmarks/paired_session.py --against "sra-seg[labeled_weight=1.0]" $OUT/s25/sess250_d.json
 .venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s25/session60.json
