@@ -368,6 +368,10 @@ $BIN benchmark $S250 --methods bcp --json $OUT/s25/sess250_bcp1.json > $OUT/s25/
 $BIN benchmark $S250 --methods "bcp[labeled_weight=2.0]" --json $OUT/s25/sess250_bcp2.json > $OUT/s25/sess250_bcp2.log 2>&1 &
 wait
 .venv/bin/python benchmarks/paired_session.py --against bcp $OUT/s25/sess250_bcp1.json $OUT/s25/sess250_bcp2.json
+$BIN benchmark $H --methods bcp --json $OUT/s25/hip_bcp1.json > $OUT/s25/hip_bcp1.log 2>&1 &
+$BIN benchmark $H --methods "bcp[labeled_weight=2.0]" --json $OUT/s25/hip_bcp2.json > $OUT/s25/hip_bcp2.log 2>&1 &
+wait
+.venv/bin/python benchmarks/summarise.py --per-image --against bcp $OUT/s25/hip_bcp1.json $OUT/s25/hip_bcp2.json
 .venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s25/sess250_a.json
 .venv/bin/python benchmarks/paired_session.py --against "sra-seg[labeled_weight=1.0]" $OUT/s25/sess250_d.json
 .venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s25/session60.json
