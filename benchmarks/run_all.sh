@@ -377,3 +377,31 @@ wait
 .venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s25/session60.json
 .venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/hip_u.json $OUT/s25/hip_lw.json
 .venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/chase_u.json $OUT/s25/chase_lw.json
+# §26: BCP's unpasted patches weighted 2 (the default since): CHASE_DB1, a second seed, the session protocol in 60 s
+mkdir -p $OUT/s26
+$BIN benchmark $C --methods "bcp[labeled_weight=1.0]" --json $OUT/s26/chase_bcp1.json > $OUT/s26/chase_bcp1.log 2>&1 &
+$BIN benchmark $C --methods bcp --json $OUT/s26/chase_bcp2.json > $OUT/s26/chase_bcp2.log 2>&1 &
+wait
+$BIN benchmark $H --seed 1 --methods "bcp[labeled_weight=1.0]" --json $OUT/s26/hip_s1_bcp1.json > $OUT/s26/hip_s1_bcp1.log 2>&1 &
+$BIN benchmark $H --seed 1 --methods bcp --json $OUT/s26/hip_s1_bcp2.json > $OUT/s26/hip_s1_bcp2.log 2>&1 &
+wait
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/chase_u.json $OUT/s26/chase_bcp1.json $OUT/s26/chase_bcp2.json
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/hip_u_s1_bcp.json $OUT/s26/hip_s1_bcp1.json $OUT/s26/hip_s1_bcp2.json
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol session --k 3 --seconds 60 --axis 2 --threads 1 \
+      --methods "supervised,bcp[labeled_weight=1.0],bcp" --json $OUT/s26/session60_$h.json > $OUT/s26/session60_$h.log 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s26/session60_A.json $OUT/s26/session60_B.json
+.venv/bin/python benchmarks/paired_session.py --against "bcp[labeled_weight=1.0]" $OUT/s26/session60_A.json $OUT/s26/session60_B.json
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol loop --k 3 --rounds 3 --seconds 45 --round-seconds 15 --axis 2 --threads 1 \
+      --policies gain --curve-only --methods "supervised,bcp[labeled_weight=1.0],bcp" --json $OUT/s26/loop_$h.json > $OUT/s26/loop_$h.log 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s26/loop_A.json $OUT/s26/loop_B.json
+C10="../shared/data/chase_db1 --protocol dataset --test-count 8 --minutes 10 --threads 1"
+$BIN benchmark $C10 --methods supervised,bcp --json $OUT/s26/chase10_a.json > $OUT/s26/chase10_a.log 2>&1 &
+$BIN benchmark $C10 --methods "sra-seg,bcp[labeled_weight=1.0]" --json $OUT/s26/chase10_b.json > $OUT/s26/chase10_b.log 2>&1 &
+wait
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s26/chase10_a.json $OUT/s26/chase10_b.json

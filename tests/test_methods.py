@@ -139,7 +139,8 @@ def test_bcp_trains_on_the_unpasted_labeled_patches_too_unless_told_not_to():
         out = build_method("bcp", 1, 2).training_step(batch, TrainState(iteration, progress))
         published = build_method("bcp", 1, 2, {"labeled_weight": 0}).training_step(batch, TrainState(iteration, progress))
         assert "supervised" in out and "supervised" not in published
-        assert out["loss"].item() == pytest.approx(out["mix"].item() + out["supervised"].item(), rel=1e-5)
+        weight = build_method("bcp", 1, 2).settings.labeled_weight
+        assert out["loss"].item() == pytest.approx(out["mix"].item() + weight * out["supervised"].item(), rel=1e-5)
 
 
 def test_bcp_pretrains_on_labeled_pairs_then_starts_the_teacher_from_the_student():

@@ -36,6 +36,26 @@ def test_every_control_explains_itself_and_buttons_that_cannot_run_say_why(sessi
     assert widget.train_button.isEnabled() and "Train on the labeled slices" in widget.train_button.toolTip()
 
 
+def test_a_dock_shorter_than_the_panel_scrolls_instead_of_squashing_its_buttons(shown, qtbot):
+    from qtpy.QtWidgets import QApplication, QScrollArea
+
+    viewer, widget = shown
+    viewer.window._qt_window.resize(1000, 600)
+    qtbot.waitUntil(lambda: widget.height() < 600, timeout=5000)
+    QApplication.processEvents()
+    scroll = widget.findChild(QScrollArea, "semiseg_scroll")
+    bar = scroll.verticalScrollBar()
+    assert bar.maximum() > 0  # the panel is taller than the dock
+    for button in widget.findChildren(QPushButton):
+        assert button.height() >= button.minimumSizeHint().height(), button.objectName()
+    assert scroll.widget().width() <= scroll.viewport().width()  # nothing cut at the right edge
+    bar.setValue(bar.maximum())
+    QApplication.processEvents()
+    export = widget.findChild(QPushButton, "export_button")
+    top = export.mapTo(scroll.viewport(), export.rect().topLeft()).y()
+    assert 0 <= top and top + export.height() <= scroll.viewport().height()  # the last row can be reached
+
+
 def test_choosing_new_labels_layer_creates_one_and_annotates_it(session):
     viewer, widget = session
     before = [ly.name for ly in viewer.layers]

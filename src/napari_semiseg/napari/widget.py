@@ -8,8 +8,8 @@ from pathlib import Path
 from qtpy.QtCore import QEvent, QObject, QPointF, Qt, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
-                            QLabel, QLineEdit, QPushButton, QSizePolicy, QSpinBox, QTableWidget, QTableWidgetItem,
-                            QVBoxLayout, QWidget)
+                            QLabel, QLineEdit, QPushButton, QScrollArea, QSizePolicy, QSpinBox, QTableWidget,
+                            QTableWidgetItem, QVBoxLayout, QWidget)
 
 from ..core.classes import PAINTED_BACKGROUND, UNPAINTED
 from ..core.io import LABEL_WRITE_SUFFIXES, InputError, suffix_of
@@ -69,6 +69,27 @@ class LossCurve(QWidget):
         p.end()
 
 
+class _VerticalScroll(QScrollArea):
+    """Scrolls up and down only: as wide as its content needs (after napari's style sheet), as short as the dock."""
+
+    def __init__(self, content: QWidget):
+        super().__init__(objectName="semiseg_scroll", widgetResizable=True)
+        self.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(content)
+
+    def minimumSizeHint(self):
+        hint = super().minimumSizeHint()
+        hint.setWidth(self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+                      + 2 * self.frameWidth())  # napari's style sheet draws a frame anyway
+        return hint
+
+    def sizeHint(self):
+        hint = self.widget().sizeHint()
+        hint.setWidth(max(hint.width(), self.minimumSizeHint().width()))
+        return hint
+
+
 class SemisegWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
@@ -107,7 +128,13 @@ class SemisegWidget(QWidget):
     def _build(self) -> None:
         self._tips: dict = {}
         tip = self._tip
-        root = QVBoxLayout(self)
+        # the panel scrolls rather than squashing its buttons when the dock is shorter than it
+        content = QWidget(objectName="semiseg_content")
+        scroll = _VerticalScroll(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        root = QVBoxLayout(content)
         data = QGroupBox("Data")
         form = QFormLayout(data)
         self.image_combo = tip(QComboBox(objectName="image_combo"), "The image to segment")
