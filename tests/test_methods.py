@@ -136,10 +136,11 @@ def test_bcp_pseudo_labels_never_overwrite_the_labeled_ground_truth():
 def test_bcp_trains_on_the_unpasted_labeled_patches_too_unless_told_not_to():
     batch = Batch(torch.rand(4, 1, 16, 16), torch.randint(0, 2, (4, 16, 16)), torch.rand(4, 1, 16, 16))
     for iteration, progress in ((5, 0.1), (900, 0.9)):  # pre-training and self-training
-        out = build_method("bcp", 1, 2).training_step(batch, TrainState(iteration, progress))
+        bcp = build_method("bcp", 1, 2)
+        out = bcp.training_step(batch, TrainState(iteration, progress))
         published = build_method("bcp", 1, 2, {"labeled_weight": 0}).training_step(batch, TrainState(iteration, progress))
         assert "supervised" in out and "supervised" not in published
-        weight = build_method("bcp", 1, 2).settings.labeled_weight
+        weight = bcp.settings.labeled_weight
         assert out["loss"].item() == pytest.approx(out["mix"].item() + weight * out["supervised"].item(), rel=1e-5)
 
 
