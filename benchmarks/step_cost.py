@@ -23,6 +23,7 @@ from throughput import measure  # noqa: E402  (this folder; the same timed step,
 
 from napari_semiseg.core.methods import METHODS as METHOD_CLASSES  # noqa: E402
 from napari_semiseg.core.methods.base import TeacherMixin  # noqa: E402
+from napari_semiseg.core.variants import parse_variant  # noqa: E402
 
 METHODS = ("supervised", "mean-teacher", "bcp", "sgrs-net", "barl", "transmedseg")
 
@@ -62,10 +63,12 @@ def step_seconds(name: str, args, first_iteration: int = 1000) -> tuple[float, f
     warm-up (the unlabeled terms all on), or from ``first_iteration`` (0: in a supervised warm-up, for
     a method that has one by default)."""
     batch = args.labeled + args.unlabeled
+    variant = parse_variant(name)
     with TeacherClock() as teacher:
         t0 = time.perf_counter()
         rate = measure(torch.device("cpu"), args.patch, batch, args.labeled, "fp32", False, args.steps,
-                       method_name=name, in_channels=1, n_classes=args.classes, first_iteration=first_iteration)
+                       method_name=variant.method, in_channels=1, n_classes=args.classes,
+                       first_iteration=first_iteration, settings=variant.settings)
         total = time.perf_counter() - t0  # every step, the untimed warm-up ones too, as the teacher's clock
     return batch / rate, teacher.seconds / total
 
@@ -78,10 +81,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(METHODS), help="names or variants, e.g. bcp[pairs=0]; ';' "
+                    "separates them when a variant's brackets hold a comma")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    names = args.methods.split(",")
+    names = args.methods.split(";" if ";" in args.methods else ",")
     if "supervised" not in names:
         names.insert(0, "supervised")
     base = None
@@ -91,7 +95,7 @@ def main(argv: list[str]) -> int:
         seconds, teacher = step_seconds(name, args)
         base = base or seconds
         print(f"| {name} | {seconds * 1000:.0f} | {seconds / base:.1f} | {teacher:.0%} |")
-        if getattr(METHOD_CLASSES[name].Settings(), "warmup", "none") != "none":
+        if getattr(METHOD_CLASSES[parse_variant(name).method].Settings(), "warmup", "none") != "none":
             seconds, teacher = step_seconds(name, args, first_iteration=0)
             print(f"| {name}, in its warm-up | {seconds * 1000:.0f} | {seconds / base:.1f} | {teacher:.0%} |")
     return 0

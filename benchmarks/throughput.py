@@ -20,11 +20,11 @@ from napari_semiseg.core.trainer import resolve_precision
 
 
 def measure(device, size, batch, labeled, precision, channels_last, steps, warmup=3, method_name="mean-teacher",
-            in_channels=3, n_classes=4, first_iteration=0) -> float:
+            in_channels=3, n_classes=4, first_iteration=0, settings=None) -> float:
     """Slices per second of full training steps (losses, backward, optimiser, EMA) after ``warmup`` untimed
     ones; steps are numbered from ``first_iteration`` (past 1000 every warm-up phase is over)."""
     torch.manual_seed(0)
-    method = build_method(method_name, in_channels, n_classes).to(device)
+    method = build_method(method_name, in_channels, n_classes, settings).to(device)
     if channels_last:
         method.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(method.trainable_parameters(), lr=1e-3)

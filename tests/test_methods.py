@@ -133,6 +133,16 @@ def test_bcp_pseudo_labels_never_overwrite_the_labeled_ground_truth():
     assert torch.equal(inward.x[:, :, inside], batch.x_l[:2][:, :, inside])
 
 
+def test_bcp_pastes_half_the_labeled_batch_each_way_unless_told_how_many_pairs():
+    batch = Batch(torch.rand(4, 1, 16, 16), torch.randint(0, 2, (4, 16, 16)), torch.rand(4, 1, 16, 16))
+    for state, one, published in ((TrainState(5, 0.1), [1], [2]),  # pre-training: labeled pairs
+                                  (TrainState(900, 0.9), [1, 1], [2, 2])):  # self-training: both ways
+        assert [len(m.x) for m in build_method("bcp", 1, 2, {"pairs": 1}).mixes(batch, state)] == one
+        assert [len(m.x) for m in build_method("bcp", 1, 2).mixes(batch, state)] == published
+    with pytest.raises(InputError, match="pairs"):
+        build_method("bcp", 1, 2, {"pairs": -1})
+
+
 def test_bcp_trains_on_the_unpasted_labeled_patches_too_unless_told_not_to():
     batch = Batch(torch.rand(4, 1, 16, 16), torch.randint(0, 2, (4, 16, 16)), torch.rand(4, 1, 16, 16))
     for iteration, progress in ((5, 0.1), (900, 0.9)):  # pre-training and self-training
@@ -156,6 +166,21 @@ def test_bcp_pretrains_on_labeled_pairs_then_starts_the_teacher_from_the_student
     bcp.training_step(batch, TrainState(500, 0.6))  # past the budget's half and the minimum steps
     assert bool(bcp.self_training)
     assert torch.equal(bcp.teacher.head.bias, bcp.student.head.bias)
+
+
+def test_bcp_pre_trained_supervised_takes_supervised_trainings_step_then_pastes():
+    batch = Batch(torch.rand(4, 1, 16, 16), torch.randint(0, 2, (4, 16, 16)), torch.rand(4, 1, 16, 16))
+    torch.manual_seed(0)
+    bcp = build_method("bcp", 1, 2, {"pretrain": "supervised", "pretrain_fraction": 0.5})
+    torch.manual_seed(0)
+    supervised = build_method("supervised", 1, 2)
+    early = TrainState(0, 0.1)
+    assert bcp.mixes(batch, early) == []
+    assert bcp.training_step(batch, early)["loss"].item() == pytest.approx(
+        supervised.training_step(batch, early)["loss"].item(), rel=1e-6)
+    assert len(bcp.mixes(batch, TrainState(500, 0.6))) == 2  # self-training pastes both ways
+    with pytest.raises(InputError, match="pretrain"):
+        build_method("bcp", 1, 2, {"pretrain": "none"})
 
 
 # ------------------------------------------------------------------------------------------ SGRS
