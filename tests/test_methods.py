@@ -137,8 +137,9 @@ def test_bcp_pastes_half_the_labeled_batch_each_way_unless_told_how_many_pairs()
     batch = Batch(torch.rand(4, 1, 16, 16), torch.randint(0, 2, (4, 16, 16)), torch.rand(4, 1, 16, 16))
     for state, one, published in ((TrainState(5, 0.1), [1], [2]),  # pre-training: labeled pairs
                                   (TrainState(900, 0.9), [1, 1], [2, 2])):  # self-training: both ways
-        assert [len(m.x) for m in build_method("bcp", 1, 2, {"pairs": 1}).mixes(batch, state)] == one
-        assert [len(m.x) for m in build_method("bcp", 1, 2).mixes(batch, state)] == published
+        for pairs, sizes in ((1, one), (0, published)):
+            bcp = build_method("bcp", 1, 2, {"pairs": pairs, "pretrain": "paste"})
+            assert [len(m.x) for m in bcp.mixes(batch, state)] == sizes
     with pytest.raises(InputError, match="pairs"):
         build_method("bcp", 1, 2, {"pairs": -1})
 
@@ -146,16 +147,17 @@ def test_bcp_pastes_half_the_labeled_batch_each_way_unless_told_how_many_pairs()
 def test_bcp_trains_on_the_unpasted_labeled_patches_too_unless_told_not_to():
     batch = Batch(torch.rand(4, 1, 16, 16), torch.randint(0, 2, (4, 16, 16)), torch.rand(4, 1, 16, 16))
     for iteration, progress in ((5, 0.1), (900, 0.9)):  # pre-training and self-training
-        bcp = build_method("bcp", 1, 2)
+        bcp = build_method("bcp", 1, 2, {"pretrain": "paste"})
         out = bcp.training_step(batch, TrainState(iteration, progress))
-        published = build_method("bcp", 1, 2, {"labeled_weight": 0}).training_step(batch, TrainState(iteration, progress))
+        published = build_method("bcp", 1, 2, {"labeled_weight": 0, "pretrain": "paste"}).training_step(
+            batch, TrainState(iteration, progress))
         assert "supervised" in out and "supervised" not in published
         weight = bcp.settings.labeled_weight
         assert out["loss"].item() == pytest.approx(out["mix"].item() + weight * out["supervised"].item(), rel=1e-5)
 
 
 def test_bcp_pretrains_on_labeled_pairs_then_starts_the_teacher_from_the_student():
-    bcp = build_method("bcp", 1, 2, {"pretrain_fraction": 0.5})
+    bcp = build_method("bcp", 1, 2, {"pretrain_fraction": 0.5, "pretrain": "paste"})
     batch = Batch(torch.rand(4, 1, 16, 16), torch.randint(0, 2, (4, 16, 16)), torch.rand(4, 1, 16, 16))
     (pre,) = bcp.mixes(batch, TrainState(0, 0.1))
     assert pre.trusted().all()
@@ -171,14 +173,19 @@ def test_bcp_pretrains_on_labeled_pairs_then_starts_the_teacher_from_the_student
 def test_bcp_pre_trained_supervised_takes_supervised_trainings_step_then_pastes():
     batch = Batch(torch.rand(4, 1, 16, 16), torch.randint(0, 2, (4, 16, 16)), torch.rand(4, 1, 16, 16))
     torch.manual_seed(0)
-    bcp = build_method("bcp", 1, 2, {"pretrain": "supervised", "pretrain_fraction": 0.5})
+    bcp = build_method("bcp", 1, 2, {"pretrain_fraction": 0.5})  # pretrain=supervised, the default
     torch.manual_seed(0)
     supervised = build_method("supervised", 1, 2)
     early = TrainState(0, 0.1)
     assert bcp.mixes(batch, early) == []
-    assert bcp.training_step(batch, early)["loss"].item() == pytest.approx(
-        supervised.training_step(batch, early)["loss"].item(), rel=1e-6)
+    losses = []
+    for method in (bcp, supervised):
+        torch.manual_seed(1)  # the same dropout
+        losses.append(method.training_step(batch, early)["loss"].item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     assert len(bcp.mixes(batch, TrainState(500, 0.6))) == 2  # self-training pastes both ways
+    bcp.training_step(batch, TrainState(500, 0.6))
+    assert bool(bcp.self_training)
     with pytest.raises(InputError, match="pretrain"):
         build_method("bcp", 1, 2, {"pretrain": "none"})
 
