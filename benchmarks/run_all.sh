@@ -405,3 +405,30 @@ $BIN benchmark $C10 --methods supervised,bcp --json $OUT/s26/chase10_a.json > $O
 $BIN benchmark $C10 --methods "sra-seg,bcp[labeled_weight=1.0]" --json $OUT/s26/chase10_b.json > $OUT/s26/chase10_b.log 2>&1 &
 wait
 .venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s26/chase10_a.json $OUT/s26/chase10_b.json
+# §27: fewer pasted pairs, and BCP's/SRA-Seg's pre-training as supervised training (the default since)
+mkdir -p $OUT/s27
+.venv/bin/python benchmarks/step_cost.py --methods "supervised,bcp[pairs=0],bcp[pairs=1]" --steps 20
+$BIN benchmark $C10 --methods "supervised,bcp[pretrain=paste,pairs=1]" --json $OUT/s27/chase10_a.json > $OUT/s27/chase10_a.log 2>&1 &
+$BIN benchmark $C10 --methods "bcp[pretrain=paste],sra-seg[pretrain=paste,pairs=1]" --json $OUT/s27/chase10_b.json > $OUT/s27/chase10_b.log 2>&1 &
+wait
+$BIN benchmark $C10 --methods "supervised,bcp[pairs=1]" --json $OUT/s27/chase10_c.json > $OUT/s27/chase10_c.log 2>&1 &
+$BIN benchmark $C10 --methods "bcp,sra-seg[pairs=1]" --json $OUT/s27/chase10_d.json > $OUT/s27/chase10_d.log 2>&1 &
+wait
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s27/chase10_a.json $OUT/s27/chase10_b.json
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s27/chase10_c.json $OUT/s27/chase10_d.json
+.venv/bin/python benchmarks/summarise.py --per-image --against "bcp[pretrain=paste]" $OUT/s27/chase10_b.json $OUT/s27/chase10_d.json
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol loop --k 3 --rounds 3 --seconds 45 --round-seconds 15 --axis 2 --threads 1 \
+      --policies gain --curve-only --methods "supervised,bcp[pretrain=paste],bcp,sra-seg" --json $OUT/s27/loop_$h.json > $OUT/s27/loop_$h.log 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s27/loop_A.json $OUT/s27/loop_B.json
+.venv/bin/python benchmarks/paired_loop.py --against "bcp[pretrain=paste]" $OUT/s27/loop_A.json $OUT/s27/loop_B.json
+$BIN benchmark $C --methods bcp --json $OUT/s27/chase_bcp.json > $OUT/s27/chase_bcp.log 2>&1 &
+($BIN benchmark $H --methods bcp --json $OUT/s27/hip_bcp.json > $OUT/s27/hip_bcp.log 2>&1;
+ $BIN benchmark $H --methods sra-seg --json $OUT/s27/hip_sra.json > $OUT/s27/hip_sra.log 2>&1;
+ $BIN benchmark $C --methods sra-seg --json $OUT/s27/chase_sra.json > $OUT/s27/chase_sra.log 2>&1) &
+wait
+# (later files replace a method of the same name: s27's bcp and sra-seg replace s24's)
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/hip_u.json $OUT/s25/hip_bcp2.json $OUT/s25/hip_lw.json $OUT/s27/hip_bcp.json $OUT/s27/hip_sra.json
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/chase_u.json $OUT/s26/chase_bcp2.json $OUT/s25/chase_lw.json $OUT/s27/chase_bcp.json $OUT/s27/chase_sra.json

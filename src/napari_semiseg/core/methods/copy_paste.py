@@ -137,8 +137,8 @@ def _halves(x: torch.Tensor, *others, pairs: int = 0):
 
 class BCP(TeacherMixin, Method):
     name = "bcp"
-    advice = ("Level with supervised training in a CPU minute and at equal steps (within 0.01 Dice); 0.02 "
-              "behind after corrections and 0.045 on thin vessels in 10 minutes of a slow CPU.")
+    advice = ("Level with supervised training in a CPU minute and at equal steps (within about 0.01 Dice); 0.014 "
+              "behind after corrections and 0.02 on thin vessels in 10 minutes of a slow CPU.")
     Settings = BCPSettings
 
     def __init__(self, in_channels, n_classes, settings=None):
@@ -294,8 +294,8 @@ class SRASeg(BCP):
     """
 
     name = "sra-seg"
-    advice = ("About 0.03 Dice behind supervised training in a CPU minute; on thin vessels 0.05 in 10 CPU "
-              "minutes and 0.01 at 1000 steps; level with it on the hippocampus at 1000 steps.")
+    advice = ("Level with supervised training on a session's first 3 slices and on the hippocampus at 1000 "
+              "steps; 0.03 Dice behind after corrections and on thin vessels in 10 CPU minutes.")
     Settings = SRASegSettings
     skips_parameters = True  # the projection head learns only in the alignment phase
 
