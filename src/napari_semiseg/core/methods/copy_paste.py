@@ -1,6 +1,7 @@
 """BCP (bidirectional copy-paste, methods-spec §2.6) and SRA-Seg (§3) on one copy-paste core.
 
-Both pre-train on labeled pairs mixed through a zero box, then self-train: the EMA teacher's
+Both pre-train (on the labeled patches alone by default, as supervised training; on labeled pairs mixed
+through a zero box, as published, with ``pretrain="paste"``), then self-train: the EMA teacher's
 pseudo-labels (the largest region of each class that the labels show in one piece) of unlabeled
 images are pasted into and out of labeled ones. Unlike the papers, the labeled patches also train
 unpasted in every step (``labeled_weight``). SRA-Seg blurs the box into a soft alpha, trains on the
@@ -38,8 +39,9 @@ class BCPSettings(TeacherSettings):
     pretrain_iterations: int = 300  # used when training runs until stopped
     # "supervised": pre-train on the labeled patches alone, exactly supervised training's step, at its
     # price; "paste": on labeled pairs pasted together beside them (BCP as published), 1.5 times the
-    # price and slower to learn. Supervised: +0.014 to +0.021 Dice in 10 CPU minutes on CHASE_DB1,
-    # +0.010 at the loop protocol's start, level after its corrections (RESULTS §27).
+    # price and slower to learn. Supervised: +0.007 to +0.014 Dice in 10 CPU minutes on CHASE_DB1 and
+    # +0.004 to +0.009 at 1000 steps on the hippocampus, +0.010 at the loop protocol's start; level after
+    # its corrections and at 1000 steps on CHASE_DB1 (RESULTS §27).
     pretrain: str = "supervised"
     box_fraction: float = 2.0 / 3.0
     # Weight of the pseudo-labeled regions. BCP's 0.5 (SRA-Seg's 1.0) is for tens of thousands of GPU
@@ -203,7 +205,8 @@ class BCP(TeacherMixin, Method):
         return kept.masked_fill((kept != labels), UNKNOWN)
 
     def mixes(self, batch: Batch, state: TrainState) -> list[Mix]:
-        """Pre-training: labeled a with labeled b pasted in. Self-training: both directions."""
+        """Pre-training: labeled a with labeled b pasted in (none when it is supervised training).
+        Self-training: both directions."""
         s = self.settings
         alpha = self._alpha(batch.x_l.shape[-1], batch.x_l.device)
         (xa, xb), (ya, yb) = _halves(batch.x_l, batch.y_l, pairs=s.pairs)
