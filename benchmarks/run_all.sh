@@ -432,3 +432,8 @@ wait
 # (later files replace a method of the same name: s27's bcp and sra-seg replace s24's)
 .venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/hip_u.json $OUT/s25/hip_bcp2.json $OUT/s25/hip_lw.json $OUT/s27/hip_bcp.json $OUT/s27/hip_sra.json
 .venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/chase_u.json $OUT/s26/chase_bcp2.json $OUT/s25/chase_lw.json $OUT/s27/chase_bcp.json $OUT/s27/chase_sra.json
+$BIN benchmark $H --seed 1 --methods bcp --json $OUT/s27/hip_s1_bcp.json > $OUT/s27/hip_s1_bcp.log 2>&1
+$BIN benchmark $H --seed 1 --methods sra-seg --json $OUT/s27/hip_s1_sra.json > $OUT/s27/hip_s1_sra.log 2>&1
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/hip_u_s1_bcp.json $OUT/s26/hip_s1_bcp2.json $OUT/s27/hip_s1_bcp.json
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/hip_u_s1_bcp.json $OUT/s25/hip_lw_s1.json   # SRA-Seg, pasted
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/hip_u_s1_bcp.json $OUT/s27/hip_s1_sra.json

@@ -40,8 +40,8 @@ class BCPSettings(TeacherSettings):
     # "supervised": pre-train on the labeled patches alone, exactly supervised training's step, at its
     # price; "paste": on labeled pairs pasted together beside them (BCP as published), 1.5 times the
     # price and slower to learn. Supervised: +0.007 to +0.014 Dice in 10 CPU minutes on CHASE_DB1 and
-    # +0.004 to +0.009 at 1000 steps on the hippocampus, +0.010 at the loop protocol's start; level after
-    # its corrections and at 1000 steps on CHASE_DB1 (RESULTS §27).
+    # +0.010 at the loop protocol's start; level after its corrections and at 1000 steps over two
+    # hippocampus seeds and on CHASE_DB1 (RESULTS §27).
     pretrain: str = "supervised"
     box_fraction: float = 2.0 / 3.0
     # Weight of the pseudo-labeled regions. BCP's 0.5 (SRA-Seg's 1.0) is for tens of thousands of GPU
@@ -139,7 +139,7 @@ def _halves(x: torch.Tensor, *others, pairs: int = 0):
 
 class BCP(TeacherMixin, Method):
     name = "bcp"
-    advice = ("Level with supervised training in a CPU minute and at equal steps (within about 0.01 Dice); 0.014 "
+    advice = ("Level with supervised training in a CPU minute and at equal steps over two seeds; 0.014 Dice "
               "behind after corrections and 0.02 on thin vessels in 10 minutes of a slow CPU.")
     Settings = BCPSettings
 
