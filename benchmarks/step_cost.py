@@ -58,12 +58,11 @@ class TeacherClock:
         TeacherMixin._make_teacher = self._make_teacher
 
 
-def step_seconds(name: str, args, first_iteration: int = 1000) -> tuple[float, float]:
-    """Mean seconds of one full step of ``name`` and the share of it in teacher passes, past every
-    warm-up (the unlabeled terms all on), or from ``first_iteration`` (0: in a supervised warm-up, for
-    a method that has one by default)."""
+def step_seconds(variant, args, first_iteration: int = 1000) -> tuple[float, float]:
+    """Mean seconds of one full step of ``variant`` (a parsed method variant) and the share of it in
+    teacher passes, past every warm-up (the unlabeled terms all on), or from ``first_iteration`` (0: in
+    a supervised warm-up, for a method that has one by default)."""
     batch = args.labeled + args.unlabeled
-    variant = parse_variant(name)
     with TeacherClock() as teacher:
         t0 = time.perf_counter()
         rate = measure(torch.device("cpu"), args.patch, batch, args.labeled, "fp32", False, args.steps,
@@ -92,11 +91,12 @@ def main(argv: list[str]) -> int:
     print(f"patch {args.patch}, {args.labeled} labeled + {args.unlabeled} unlabeled, {args.threads} thread(s)")
     print("| method | ms per step | × supervised | teacher passes |\n|---|---|---|---|")
     for name in names:
-        seconds, teacher = step_seconds(name, args)
+        variant = parse_variant(name)
+        seconds, teacher = step_seconds(variant, args)
         base = base or seconds
         print(f"| {name} | {seconds * 1000:.0f} | {seconds / base:.1f} | {teacher:.0%} |")
-        if getattr(METHOD_CLASSES[parse_variant(name).method].Settings(), "warmup", "none") != "none":
-            seconds, teacher = step_seconds(name, args, first_iteration=0)
+        if getattr(METHOD_CLASSES[variant.method].Settings(), "warmup", "none") != "none":
+            seconds, teacher = step_seconds(variant, args, first_iteration=0)
             print(f"| {name}, in its warm-up | {seconds * 1000:.0f} | {seconds / base:.1f} | {teacher:.0%} |")
     return 0
 

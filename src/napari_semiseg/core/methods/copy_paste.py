@@ -208,10 +208,13 @@ class BCP(TeacherMixin, Method):
         """Pre-training: labeled a with labeled b pasted in (none when it is supervised training).
         Self-training: both directions."""
         s = self.settings
+        pretraining = self.in_pretraining(state)
+        if pretraining and s.pretrain == "supervised":
+            return []  # before drawing a box: supervised pre-training pastes nothing
         alpha = self._alpha(batch.x_l.shape[-1], batch.x_l.device)
         (xa, xb), (ya, yb) = _halves(batch.x_l, batch.y_l, pairs=s.pairs)
-        if self.in_pretraining(state):
-            return [paste(xa, xb, alpha, ya, yb, 1.0, 1.0)] if s.pretrain == "paste" else []
+        if pretraining:
+            return [paste(xa, xb, alpha, ya, yb, 1.0, 1.0)]
         (ua, ub), = _halves(batch.x_u, pairs=s.pairs)
         n = min(len(ua), len(xa))
         ua, ub, xa, xb, ya, yb = ua[:n], ub[:n], xa[:n], xb[:n], ya[:n], yb[:n]
