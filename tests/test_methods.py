@@ -564,15 +564,43 @@ def test_barl_warm_up_trains_both_branches_on_the_labels_until_they_agree_with_t
     assert "cps" in out and float(out["ramp"]) < 0.01
 
 
-def test_a_warming_mean_teacher_trains_without_drawing_unlabeled_patches():
+def test_sgrs_net_warm_up_is_supervised_then_ramps_its_pseudo_labels_from_where_it_ended():
+    torch.manual_seed(0)
+    sgrs = build_method("sgrs-net", 1, 2, {"warmup": "agreement"})
+    y = torch.zeros(2, 16, 16, dtype=torch.long)
+    y[:, 4:12, 4:12] = 1
+    warming = Batch(torch.rand(2, 1, 16, 16), y, torch.rand(0, 1, 16, 16))  # the sampler draws no unlabeled
+    early = TrainState(10, 0.1)
+    assert not sgrs.needs_unlabeled(early)
+    torch.manual_seed(1)  # the same dropout in both steps
+    out = sgrs.training_step(warming, early)
+    assert "pseudo" not in out and "agreement" in out
+    # supervised training's loss from the same weights: the warm-up step is that step
+    plain = build_method("supervised", 1, 2)
+    plain.student.load_state_dict(sgrs.student.state_dict())
+    torch.manual_seed(1)
+    assert torch.allclose(out["loss"], plain.training_step(warming, early)["loss"])
+    sgrs.agreement.fill_(0.9)  # agrees, but too few steps yet
+    assert not sgrs.needs_unlabeled(TrainState(50, 0.2)) and sgrs.needs_unlabeled(TrainState(250, 0.2))
+    out = sgrs.training_step(Batch(warming.x_l, y, torch.rand(2, 1, 16, 16)), TrainState(251, 0.21))
+    assert "pseudo" in out and float(out["pseudo_weight"]) < 0.01 * sgrs.settings.pseudo_weight
+    # without the warm-up the pseudo-label weight has ramped by then
+    off = build_method("sgrs-net", 1, 2, {"warmup": "none"})
+    assert off.needs_unlabeled(TrainState(0, 0.0))
+    out = off.training_step(Batch(warming.x_l, y, torch.rand(2, 1, 16, 16)), TrainState(251, 0.21))
+    assert float(out["pseudo_weight"]) > 0.1 * off.settings.pseudo_weight
+
+
+@pytest.mark.parametrize("method, unlabeled_term", [("mean-teacher", "consistency"), ("sgrs-net", "pseudo")])
+def test_a_warming_method_trains_without_drawing_unlabeled_patches(method, unlabeled_term):
     vol = tiny_volume(labeled=(1, 4))
-    t = Trainer([vol], fast_config(method="mean-teacher", iterations=3,
+    t = Trainer([vol], fast_config(method=method, iterations=3,
                                    method_settings={"warmup": "agreement", "warmup_fraction": 1.0}))
     drawn = []
     original = t.sampler.next
     t.sampler.next = lambda with_unlabeled=True: drawn.append(with_unlabeled) or original(with_unlabeled)
     last = t.train()
-    assert drawn == [False, False, False] and "consistency" not in last.losses
+    assert drawn == [False, False, False] and unlabeled_term not in last.losses
 
 
 @pytest.mark.parametrize("method", ["bcp", "sra-seg"])

@@ -20,16 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..inference import PredictorOutput
-from ..losses import normalised_entropy, one_hot, sigmoid_rampup, soft_dice_loss, split_known, supervised_loss
+from ..losses import labeled_agreement, normalised_entropy, one_hot, soft_dice_loss, split_known, supervised_loss
 from ..pseudo_labels import RULES, ClassThresholds
-from .base import (Batch, Method, StepFeatures, TeacherMixin, TeacherSettings, TrainState,
-                   check_choice, noisy)
+from .base import (AgreementWarmup, Batch, Method, StepFeatures, TeacherMixin, TeacherSettings, TrainState,
+                   WarmupSettings, check_choice, noisy)
 
 INCONSISTENT_RULES = ("soft", "hard", "exclude")
 
 
 @dataclass
-class SGRSSettings(TeacherSettings):
+class SGRSSettings(TeacherSettings, WarmupSettings):
     # the released "consistency" weight is 1.0; it collapsed on 2 of 10 hippocampus sessions
     # (0.295, 0.480 Dice) where 0.1 did not (mean 0.682 -> 0.793), as it did for our mean teacher
     pseudo_weight: float = 0.1
@@ -48,6 +48,8 @@ class SGRSSettings(TeacherSettings):
     # (pseudo_labels.py) or "off" (the paper); without them the structure shrank as training went on
     # (RESULTS §18)
     thresholds: str = "own"
+    # warmup=agreement: supervised steps, a third of a full step's price, until the student agrees with
+    # the labels (WarmupSettings)
 
 
 @dataclass
@@ -121,7 +123,7 @@ class ViewDisagreement(nn.Module):
         return PredictorOutput(logits, (logits.argmax(1) != logits_n.argmax(1)).float())
 
 
-class SGRSNet(TeacherMixin, Method):
+class SGRSNet(AgreementWarmup, TeacherMixin, Method):
     name = "sgrs-net"
     advice = ("Ahead with a few labeled slices (+0.03-0.06 Dice); level with supervised training at equal "
               "steps when many are labeled; 0.01 behind on vessels in a 10-minute CPU run.")
@@ -135,6 +137,7 @@ class SGRSNet(TeacherMixin, Method):
         check_choice("thresholds", self.settings.thresholds, RULES + ("off",))
         rule = self.settings.thresholds
         self.thresholds = ClassThresholds(n_classes, rule) if rule != "off" else None
+        self._init_warmup()
 
     def predictor(self):
         return ViewDisagreement(self.teacher, self.settings.noise_std, self.settings.noise_clip)
@@ -149,6 +152,13 @@ class SGRSNet(TeacherMixin, Method):
 
     def step_with_features(self, batch: Batch, state: TrainState):
         s = self.settings
+        if not self.needs_unlabeled(state):  # warming up: exactly supervised training
+            logits_l, feats_l = self.student(batch.x_l, return_features=True)
+            agreement = self.record_agreement(labeled_agreement(logits_l, batch.y_l))
+            sup = supervised_loss(logits_l, batch.y_l)
+            known_labels, known = split_known(batch.y_l)
+            return ({"loss": sup, "supervised": sup.detach(), "agreement": agreement},
+                    StepFeatures(source={"features": feats_l["decoder"], "labels": known_labels, "mask": known}))
         x_n = noisy(batch.x_u, s.noise_std, s.noise_clip)
         with torch.no_grad():
             self.teacher.eval()
@@ -169,7 +179,7 @@ class SGRSNet(TeacherMixin, Method):
         parts = region_losses([lu, lm], pseudo, regions, s)
         counted = torch.ones(()) if regions.counted is None else regions.counted.float().mean()
         pseudo_loss = 0.5 * (parts["ce"] + parts["dice"])
-        w = s.pseudo_weight * sigmoid_rampup(state.ramp(s.rampup_fraction, s.rampup_iterations), 1.0)
+        w = s.pseudo_weight * self.ramp_after_warmup(state, s.rampup_fraction, s.rampup_iterations)
         known_labels, known = split_known(batch.y_l)
         features = StepFeatures(source={"features": feats_l["decoder"], "labels": known_labels, "mask": known},
                                 target={"features": feats_t["decoder"], "probs": probs_t})
