@@ -411,7 +411,8 @@ def test_method_uncertainty_maps_include_disagreement():
 def test_transmedseg_on_bcp_and_swapped_direction_train():
     vol = tiny_volume()
     for settings in ({"base": "bcp", "base_settings": {"pretrain_fraction": 0.3}},
-                     {"direction": "teacher-to-student", "confidence": 0.0}):
+                     {"direction": "teacher-to-student", "confidence": 0.0,
+                      "base_settings": {"warmup": "none"}}):  # a warm-up step has no teacher features
         report = Trainer([vol], fast_config(method="transmedseg", iterations=5, method_settings=settings)).train()
         assert "tsa" in report.losses and np.isfinite(report.losses["tsa"])
 
@@ -566,7 +567,7 @@ def test_barl_warm_up_trains_both_branches_on_the_labels_until_they_agree_with_t
 
 def test_sgrs_net_warm_up_is_supervised_then_ramps_its_pseudo_labels_from_where_it_ended():
     torch.manual_seed(0)
-    sgrs = build_method("sgrs-net", 1, 2, {"warmup": "agreement"})
+    sgrs = build_method("sgrs-net", 1, 2)  # the warm-up is SGRS-Net's default (RESULTS §28)
     y = torch.zeros(2, 16, 16, dtype=torch.long)
     y[:, 4:12, 4:12] = 1
     warming = Batch(torch.rand(2, 1, 16, 16), y, torch.rand(0, 1, 16, 16))  # the sampler draws no unlabeled
@@ -666,7 +667,7 @@ def test_after_a_correction_pseudo_labels_are_trusted_again_only_gradually():
     torch.manual_seed(0)
     x_l, y_l = torch.rand(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32))
     batch = Batch(x_l, y_l, torch.rand(2, 1, 32, 32))
-    sgrs = build_method("sgrs-net", 1, 2)
+    sgrs = build_method("sgrs-net", 1, 2, {"warmup": "none"})  # weights ramped by the budget alone
     assert float(sgrs.training_step(batch, settled)["pseudo_weight"]) == pytest.approx(sgrs.settings.pseudo_weight)
     assert float(sgrs.training_step(batch, just)["pseudo_weight"]) < 0.01 * sgrs.settings.pseudo_weight
     # BCP: the pseudo-labeled half of each mix weighs nothing right after, its full u_weight later
