@@ -437,3 +437,33 @@ $BIN benchmark $H --seed 1 --methods sra-seg --json $OUT/s27/hip_s1_sra.json > $
 .venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/hip_u_s1_bcp.json $OUT/s26/hip_s1_bcp2.json $OUT/s27/hip_s1_bcp.json
 .venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/hip_u_s1_bcp.json $OUT/s25/hip_lw_s1.json   # SRA-Seg, pasted
 .venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s24/hip_u_s1_bcp.json $OUT/s27/hip_s1_sra.json
+# §28: the supervised warm-up as the default of the mean teacher and SGRS-Net, on a slow machine
+mkdir -p $OUT/s28
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol session --k 3 --seconds 60 --axis 2 --threads 1 \
+      --methods "supervised,mean-teacher[warmup=none],mean-teacher" --json $OUT/s28/session_mt_$h.json > $OUT/s28/session_mt_$h.log 2>&1 &
+done
+wait
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol session --k 3 --seconds 60 --axis 2 --threads 1 \
+      --methods "supervised,sgrs-net[warmup=none],sgrs-net" --json $OUT/s28/session_sgrs_$h.json > $OUT/s28/session_sgrs_$h.log 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s28/session_mt_A.json $OUT/s28/session_mt_B.json
+.venv/bin/python benchmarks/paired_session.py --against "mean-teacher[warmup=none]" $OUT/s28/session_mt_A.json $OUT/s28/session_mt_B.json
+.venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s28/session_sgrs_A.json $OUT/s28/session_sgrs_B.json
+.venv/bin/python benchmarks/paired_session.py --against "sgrs-net[warmup=none]" $OUT/s28/session_sgrs_A.json $OUT/s28/session_sgrs_B.json
+$BIN benchmark $C10 --methods "supervised,sgrs-net[warmup=none]" --json $OUT/s28/chase10_a.json > $OUT/s28/chase10_a.log 2>&1 &
+$BIN benchmark $C10 --methods "supervised,sgrs-net" --json $OUT/s28/chase10_b.json > $OUT/s28/chase10_b.log 2>&1 &
+wait
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s28/chase10_a.json
+.venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s28/chase10_b.json
+.venv/bin/python benchmarks/summarise.py --per-image --against "sgrs-net[warmup=none]" $OUT/s28/chase10_a.json $OUT/s28/chase10_b.json
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol loop --k 3 --rounds 3 --seconds 45 --round-seconds 15 --axis 2 --threads 1 \
+      --policies gain --curve-only --methods "supervised,mean-teacher,mean-teacher[warmup=none],sgrs-net,transmedseg" \
+      --json $OUT/s28/loop_$h.json > $OUT/s28/loop_$h.log 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s28/loop_A.json $OUT/s28/loop_B.json
+.venv/bin/python benchmarks/paired_loop.py --against "mean-teacher[warmup=none]" $OUT/s28/loop_A.json $OUT/s28/loop_B.json

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..inference import Predictor
-from ..losses import pixel_uncertainty, sigmoid_rampup
+from ..losses import labeled_agreement, pixel_uncertainty, sigmoid_rampup, split_known, supervised_loss
 from ..networks import UNet2D
 
 
@@ -267,6 +267,16 @@ class AgreementWarmup:
     def record_agreement(self, dice: float) -> torch.Tensor:
         self.agreement.mul_(0.9).add_(0.1 * dice)
         return self.agreement.clone()
+
+    def warmup_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], StepFeatures]:
+        """A warm-up step of a method with one student: supervised training's step, which also records
+        how well the student agrees with the labels."""
+        logits, feats = self.student(batch.x_l, return_features=True)
+        agreement = self.record_agreement(labeled_agreement(logits, batch.y_l))
+        sup = supervised_loss(logits, batch.y_l)
+        labels, known = split_known(batch.y_l)
+        return ({"loss": sup, "supervised": sup.detach(), "agreement": agreement},
+                StepFeatures(source={"features": feats["decoder"], "labels": labels, "mask": known}))
 
     def ramp_after_warmup(self, state: TrainState, fraction: float, fallback_iterations: int) -> float:
         """The unlabeled terms' sigmoid ramp, counted from the end of the warm-up."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..inference import PredictorOutput
-from ..losses import labeled_agreement, normalised_entropy, one_hot, soft_dice_loss, split_known, supervised_loss
+from ..losses import normalised_entropy, one_hot, soft_dice_loss, split_known, supervised_loss
 from ..pseudo_labels import RULES, ClassThresholds
 from .base import (AgreementWarmup, Batch, Method, StepFeatures, TeacherMixin, TeacherSettings, TrainState,
                    WarmupSettings, check_choice, noisy)
@@ -127,8 +127,8 @@ class ViewDisagreement(nn.Module):
 
 class SGRSNet(AgreementWarmup, TeacherMixin, Method):
     name = "sgrs-net"
-    advice = ("Ahead with a few labeled slices (+0.03-0.06 Dice); level with supervised training at equal "
-              "steps when many are labeled; 0.01 behind on vessels in a 10-minute CPU run.")
+    advice = ("Ahead with a few labeled slices on a fast CPU (+0.03-0.06 Dice), level on a slow one and at "
+              "equal steps; 0.01-0.02 behind on vessels in a 10-minute CPU run and after corrections.")
     Settings = SGRSSettings
 
     def __init__(self, in_channels, n_classes, settings=None):
@@ -155,12 +155,7 @@ class SGRSNet(AgreementWarmup, TeacherMixin, Method):
     def step_with_features(self, batch: Batch, state: TrainState):
         s = self.settings
         if not self.needs_unlabeled(state):  # warming up: exactly supervised training
-            logits_l, feats_l = self.student(batch.x_l, return_features=True)
-            agreement = self.record_agreement(labeled_agreement(logits_l, batch.y_l))
-            sup = supervised_loss(logits_l, batch.y_l)
-            known_labels, known = split_known(batch.y_l)
-            return ({"loss": sup, "supervised": sup.detach(), "agreement": agreement},
-                    StepFeatures(source={"features": feats_l["decoder"], "labels": known_labels, "mask": known}))
+            return self.warmup_step(batch)
         x_n = noisy(batch.x_u, s.noise_std, s.noise_clip)
         with torch.no_grad():
             self.teacher.eval()
