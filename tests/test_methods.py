@@ -592,6 +592,27 @@ def test_sgrs_net_warm_up_is_supervised_then_ramps_its_pseudo_labels_from_where_
     assert float(out["pseudo_weight"]) > 0.1 * off.settings.pseudo_weight
 
 
+def test_a_paced_mean_teacher_takes_the_unlabeled_stream_as_often_as_its_ramp_weighs():
+    mt = build_method("mean-teacher", 1, 2, {"paced": True, "warmup": "none"})
+    states = [TrainState(i, i / 1000) for i in range(1000)]  # the ramp: the first 30 % of the budget
+    ramps = [mt.ramp_after_warmup(st, 0.3, 600) for st in states]
+    taken = []
+    for st in states:
+        taken.append(mt.needs_unlabeled(st))
+        assert mt.needs_unlabeled(st) == taken[-1]  # asked twice in a step (trainer, then the step): one decision
+    assert abs(sum(taken) - sum(ramps)) < 1.0  # the same expected weight...
+    assert sum(taken[:150]) < 0.2 * 150 and all(taken[400:])  # ...paid for only as often as it weighs
+    y = torch.zeros(2, 16, 16, dtype=torch.long)
+    y[:, 4:12, 4:12] = 1
+    full = Batch(torch.rand(2, 1, 16, 16), y, torch.rand(2, 1, 16, 16))
+    out = mt.training_step(full, states[500])
+    assert float(out["consistency_weight"]) == pytest.approx(mt.settings.consistency)  # at full weight when taken
+    # a step not taken draws no unlabeled patches and is supervised training's
+    skipped = next(st for st, t in zip(states, taken) if not t)
+    out = mt.training_step(Batch(full.x_l, y, torch.rand(0, 1, 16, 16)), skipped)
+    assert "consistency" not in out
+
+
 @pytest.mark.parametrize("method, unlabeled_term", [("mean-teacher", "consistency"), ("sgrs-net", "pseudo")])
 def test_a_warming_method_trains_without_drawing_unlabeled_patches(method, unlabeled_term):
     vol = tiny_volume(labeled=(1, 4))
