@@ -467,3 +467,11 @@ done
 wait
 .venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s28/loop_A.json $OUT/s28/loop_B.json
 .venv/bin/python benchmarks/paired_loop.py --against "mean-teacher[warmup=none]" $OUT/s28/loop_A.json $OUT/s28/loop_B.json
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol loop --k 3 --rounds 3 --seconds 45 --round-seconds 15 --axis 2 --threads 1 \
+      --policies gain --curve-only --methods "supervised,mean-teacher,mean-teacher[paced=true]" \
+      --json $OUT/s28/loop_paced_$h.json > $OUT/s28/loop_paced_$h.log 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s28/loop_paced_A.json $OUT/s28/loop_paced_B.json
+.venv/bin/python benchmarks/paired_loop.py --against mean-teacher $OUT/s28/loop_paced_A.json $OUT/s28/loop_paced_B.json

@@ -30,7 +30,7 @@ class MeanTeacherSettings(TeacherSettings, WarmupSettings):
     warmup: str = "agreement"
     # Take the unlabeled stream on a share of the steps equal to the consistency ramp's current weight,
     # at full weight when taken: the same expected loss, but while the weight is small (the ramp, and
-    # after each correction) most steps cost a supervised step instead of 2.3 (RESULTS §28.6).
+    # after each correction) most steps cost a supervised step instead of 2.3. A tie on the loop protocol (RESULTS §28.5).
     paced: bool = False
 
 
