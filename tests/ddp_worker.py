@@ -61,9 +61,11 @@ def main() -> None:
         torch.save(grads, out / f"grads_world{ranks.world}_rank{ranks.rank}.pt")
     elif mode == "state":
         method, precision = sys.argv[3], sys.argv[4]
+        # no supervised warm-up: these few steps are to take the unlabeled path (teacher, statistics)
+        settings = {"mean-teacher": {"warmup": "none"},
+                    "transmedseg": {"rampup_iterations": 2, "base_settings": {"warmup": "none"}}}.get(method, {})
         cfg = TrainConfig(method=method, iterations=12, batch_size=4, patch_size=32, device="cpu", threads=1,
-                          precision=precision, final_prediction=False,
-                          method_settings={"rampup_iterations": 2} if method == "transmedseg" else {})
+                          precision=precision, final_prediction=False, method_settings=settings)
         vols = images(6)
         for v in vols[2:]:  # four unlabeled
             v.set_labels(np.zeros_like(v.labels), set())
