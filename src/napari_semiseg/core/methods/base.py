@@ -271,18 +271,25 @@ class AgreementWarmup:
     def warmup_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], StepFeatures]:
         """A warm-up step of a method with one student: supervised training's step, which also records
         how well the student agrees with the labels."""
-        logits, feats = self.student(batch.x_l, return_features=True)
-        agreement = self.record_agreement(labeled_agreement(logits, batch.y_l))
-        sup = supervised_loss(logits, batch.y_l)
-        labels, known = split_known(batch.y_l)
-        return ({"loss": sup, "supervised": sup.detach(), "agreement": agreement},
-                StepFeatures(source={"features": feats["decoder"], "labels": labels, "mask": known}))
+        logits, out, features = supervised_step(self.student, batch)
+        out["agreement"] = self.record_agreement(labeled_agreement(logits, batch.y_l))
+        return out, features
 
     def ramp_after_warmup(self, state: TrainState, fraction: float, fallback_iterations: int) -> float:
         """The unlabeled terms' sigmoid ramp, counted from the end of the warm-up."""
         i0, p0 = self._warm_end
         since = TrainState(state.iteration - i0, None if state.progress is None else state.progress - p0)
         return sigmoid_rampup(min(since.ramp(fraction, fallback_iterations), state.trust()), 1.0)
+
+
+def supervised_step(student: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], StepFeatures]:
+    """Supervised training's step on the labeled patches: the logits, the losses, and the labeled features
+    (for TransMedSeg) of a method's warm-up or pre-training."""
+    logits, feats = student(batch.x_l, return_features=True)
+    sup = supervised_loss(logits, batch.y_l)
+    labels, known = split_known(batch.y_l)
+    return (logits, {"loss": sup, "supervised": sup.detach()},
+            StepFeatures(source={"features": feats["decoder"], "labels": labels, "mask": known}))
 
 
 def check_choice(setting: str, value, choices) -> None:

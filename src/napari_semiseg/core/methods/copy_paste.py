@@ -25,7 +25,7 @@ from ..losses import (masked_cross_entropy, one_hot, soft_dice_loss, soft_segmen
                       supervised_loss)
 from ..mixing import BLENDS, box_mask, largest_component_per_class, regions_per_class, soft_alpha
 from .base import (Batch, Method, StepFeatures, TeacherMixin, TeacherSettings, TrainState, check_choice,
-                   running_stats_frozen)
+                   running_stats_frozen, supervised_step)
 
 SA_MODES = ("feature", "paper_code", "off")
 
@@ -235,11 +235,9 @@ class BCP(TeacherMixin, Method):
             self._present += present
         mixes = self.mixes(batch, state)
         if not mixes:  # supervised pre-training
-            logits, feats = self.student(batch.x_l, return_features=True)
-            sup = supervised_loss(logits, batch.y_l)
-            labels, known = split_known(batch.y_l)
-            return ({"loss": sup, "supervised": sup.detach(), "pretraining": torch.tensor(1.0)},
-                    StepFeatures(source={"features": feats["decoder"], "labels": labels, "mask": known}))
+            _, out, features = supervised_step(self.student, batch)
+            out["pretraining"] = torch.tensor(1.0)
+            return out, features
         plain = self.settings.labeled_weight > 0
         x = torch.cat([m.x for m in mixes] + ([batch.x_l] if plain else []))
         logits, feats = self.student(x, return_features=True)
