@@ -62,8 +62,8 @@ def main() -> None:
     elif mode == "state":
         method, precision = sys.argv[3], sys.argv[4]
         # no supervised warm-up: these few steps are to take the unlabeled path (teacher, statistics)
-        settings = {"mean-teacher": {"warmup": "none"},
-                    "transmedseg": {"rampup_iterations": 2, "base_settings": {"warmup": "none"}}}.get(method, {})
+        settings = {"mean-teacher": {"warmup": "none", "paced": False},
+                    "transmedseg": {"rampup_iterations": 2, "base_settings": {"warmup": "none", "paced": False}}}.get(method, {})
         cfg = TrainConfig(method=method, iterations=12, batch_size=4, patch_size=32, device="cpu", threads=1,
                           precision=precision, final_prediction=False, method_settings=settings)
         vols = images(6)

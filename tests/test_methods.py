@@ -285,7 +285,7 @@ def test_sgrs_pseudo_labels_below_their_class_threshold_teach_nothing():
     # doubtful background is left out; with the thresholds off every pixel counts
     batch = Batch(torch.rand(2, 1, 16, 16), torch.randint(0, 2, (2, 16, 16)), torch.rand(2, 1, 16, 16))
     for rule in ("own", "frequency", "off"):
-        sgrs = build_method("sgrs-net", 1, 2, {"thresholds": rule})
+        sgrs = build_method("sgrs-net", 1, 2, {"thresholds": rule, "paced": False})
         if sgrs.thresholds is not None:
             for _ in range(200):
                 sgrs.thresholds.update(_background_heavy_stream())
@@ -412,7 +412,7 @@ def test_transmedseg_on_bcp_and_swapped_direction_train():
     vol = tiny_volume()
     for settings in ({"base": "bcp", "base_settings": {"pretrain_fraction": 0.3}},
                      {"direction": "teacher-to-student", "confidence": 0.0,
-                      "base_settings": {"warmup": "none"}}):  # a warm-up step has no teacher features
+                      "base_settings": {"warmup": "none", "paced": False}}):  # a warm-up or paced step has no teacher features
         report = Trainer([vol], fast_config(method="transmedseg", iterations=5, method_settings=settings)).train()
         assert "tsa" in report.losses and np.isfinite(report.losses["tsa"])
 
@@ -524,7 +524,7 @@ def test_volume_synthetic_images_have_the_volume_channels(tmp_path):
 
 def test_mean_teacher_warm_up_is_supervised_until_the_student_agrees_with_the_labels():
     torch.manual_seed(0)
-    mt = build_method("mean-teacher", 1, 2, {"warmup": "agreement", "warmup_agreement": 0.7})
+    mt = build_method("mean-teacher", 1, 2, {"warmup": "agreement", "warmup_agreement": 0.7, "paced": False})
     batch = Batch(torch.rand(2, 1, 16, 16), torch.randint(0, 2, (2, 16, 16)), torch.rand(2, 1, 16, 16))
     early = TrainState(10, 0.1)
     assert not mt.needs_unlabeled(early)
@@ -539,7 +539,7 @@ def test_mean_teacher_warm_up_is_supervised_until_the_student_agrees_with_the_la
 
 
 def test_mean_teacher_warm_up_ends_at_its_share_of_the_budget_even_without_agreement():
-    mt = build_method("mean-teacher", 1, 2, {"warmup": "agreement", "warmup_fraction": 0.5})
+    mt = build_method("mean-teacher", 1, 2, {"warmup": "agreement", "warmup_fraction": 0.5, "paced": False})
     assert not mt.needs_unlabeled(TrainState(400, 0.4))
     assert mt.needs_unlabeled(TrainState(401, 0.5))
 
@@ -567,7 +567,7 @@ def test_barl_warm_up_trains_both_branches_on_the_labels_until_they_agree_with_t
 
 def test_sgrs_net_warm_up_is_supervised_then_ramps_its_pseudo_labels_from_where_it_ended():
     torch.manual_seed(0)
-    sgrs = build_method("sgrs-net", 1, 2)  # the warm-up is SGRS-Net's default (RESULTS §28)
+    sgrs = build_method("sgrs-net", 1, 2, {"paced": False})  # the warm-up is SGRS-Net's default (RESULTS §28)
     y = torch.zeros(2, 16, 16, dtype=torch.long)
     y[:, 4:12, 4:12] = 1
     warming = Batch(torch.rand(2, 1, 16, 16), y, torch.rand(0, 1, 16, 16))  # the sampler draws no unlabeled
@@ -586,31 +586,46 @@ def test_sgrs_net_warm_up_is_supervised_then_ramps_its_pseudo_labels_from_where_
     out = sgrs.training_step(Batch(warming.x_l, y, torch.rand(2, 1, 16, 16)), TrainState(251, 0.21))
     assert "pseudo" in out and float(out["pseudo_weight"]) < 0.01 * sgrs.settings.pseudo_weight
     # without the warm-up the pseudo-label weight has ramped by then
-    off = build_method("sgrs-net", 1, 2, {"warmup": "none"})
+    off = build_method("sgrs-net", 1, 2, {"warmup": "none", "paced": False})
     assert off.needs_unlabeled(TrainState(0, 0.0))
     out = off.training_step(Batch(warming.x_l, y, torch.rand(2, 1, 16, 16)), TrainState(251, 0.21))
     assert float(out["pseudo_weight"]) > 0.1 * off.settings.pseudo_weight
 
 
-def test_a_paced_mean_teacher_takes_the_unlabeled_stream_as_often_as_its_ramp_weighs():
-    mt = build_method("mean-teacher", 1, 2, {"paced": True, "warmup": "none"})
-    states = [TrainState(i, i / 1000) for i in range(1000)]  # the ramp: the first 30 % of the budget
-    ramps = [mt.ramp_after_warmup(st, 0.3, 600) for st in states]
+@pytest.mark.parametrize("method, weight, full", [("mean-teacher", "consistency_weight", "consistency"),
+                                                  ("sgrs-net", "pseudo_weight", "pseudo_weight")])
+def test_a_paced_method_takes_the_unlabeled_stream_as_often_as_its_ramp_weighs(method, weight, full):
+    m = build_method(method, 1, 2, {"paced": True, "warmup": "none"})
+    s = m.settings
+    states = [TrainState(i, i / 1000) for i in range(1000)]  # the ramp: the first 30-40 % of the budget
+    ramps = [m.ramp_after_warmup(st, s.rampup_fraction, s.rampup_iterations) for st in states]
     taken = []
     for st in states:
-        taken.append(mt.needs_unlabeled(st))
-        assert mt.needs_unlabeled(st) == taken[-1]  # asked twice in a step (trainer, then the step): one decision
+        taken.append(m.needs_unlabeled(st))
+        assert m.needs_unlabeled(st) == taken[-1]  # asked twice in a step (trainer, then the step): one decision
     assert abs(sum(taken) - sum(ramps)) < 1.0  # the same expected weight...
-    assert sum(taken[:150]) < 0.2 * 150 and all(taken[400:])  # ...paid for only as often as it weighs
+    assert sum(taken[:150]) < 0.2 * 150 and all(taken[450:])  # ...paid for only as often as it weighs
     y = torch.zeros(2, 16, 16, dtype=torch.long)
     y[:, 4:12, 4:12] = 1
-    full = Batch(torch.rand(2, 1, 16, 16), y, torch.rand(2, 1, 16, 16))
-    out = mt.training_step(full, states[500])
-    assert float(out["consistency_weight"]) == pytest.approx(mt.settings.consistency)  # at full weight when taken
+    both = Batch(torch.rand(2, 1, 16, 16), y, torch.rand(2, 1, 16, 16))
+    out = m.training_step(both, states[500])
+    assert float(out[weight]) == pytest.approx(getattr(s, full))  # at full weight when taken
     # a step not taken draws no unlabeled patches and is supervised training's
     skipped = next(st for st, t in zip(states, taken) if not t)
-    out = mt.training_step(Batch(full.x_l, y, torch.rand(0, 1, 16, 16)), skipped)
-    assert "consistency" not in out
+    out = m.training_step(Batch(both.x_l, y, torch.rand(0, 1, 16, 16)), skipped)
+    assert weight not in out and float(out["loss"].detach()) == pytest.approx(float(out["supervised"]))
+
+
+def test_the_mean_teacher_is_paced_by_default_and_transmedseg_keeps_its_term_between_paced_steps():
+    assert build_method("mean-teacher", 1, 2).settings.paced  # RESULTS §29
+    tsa = build_method("transmedseg", 1, 2, {"base_settings": {"warmup": "none"}})
+    y = torch.zeros(2, 16, 16, dtype=torch.long)
+    y[:, 4:12, 4:12] = 1
+    early = TrainState(5, 0.005)  # the ramp weighs almost nothing: not taken
+    assert not tsa.needs_unlabeled(early)
+    tsa.target_stats.update(torch.rand(64, tsa.student.feature_channels), torch.randint(0, 2, (64,)))
+    out = tsa.training_step(Batch(torch.rand(2, 1, 16, 16), y, torch.rand(0, 1, 16, 16)), early)
+    assert "consistency" not in out and "tsa" in out  # the labeled features still meet the unlabeled statistics
 
 
 @pytest.mark.parametrize("method, unlabeled_term", [("mean-teacher", "consistency"), ("sgrs-net", "pseudo")])
@@ -688,7 +703,7 @@ def test_after_a_correction_pseudo_labels_are_trusted_again_only_gradually():
     torch.manual_seed(0)
     x_l, y_l = torch.rand(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32))
     batch = Batch(x_l, y_l, torch.rand(2, 1, 32, 32))
-    sgrs = build_method("sgrs-net", 1, 2, {"warmup": "none"})  # weights ramped by the budget alone
+    sgrs = build_method("sgrs-net", 1, 2, {"warmup": "none", "paced": False})  # weights ramped by the budget alone
     assert float(sgrs.training_step(batch, settled)["pseudo_weight"]) == pytest.approx(sgrs.settings.pseudo_weight)
     assert float(sgrs.training_step(batch, just)["pseudo_weight"]) < 0.01 * sgrs.settings.pseudo_weight
     # BCP: the pseudo-labeled half of each mix weighs nothing right after, its full u_weight later
@@ -702,7 +717,7 @@ def test_after_a_correction_pseudo_labels_are_trusted_again_only_gradually():
 def test_a_correction_while_training_restarts_the_ramp_of_the_unlabeled_weight():
     vol = tiny_volume(labeled=(1, 4))
     trainer = Trainer([vol], fast_config(method="mean-teacher", iterations=None, relabel_ramp_iterations=4,
-                                         method_settings={"rampup_iterations": 1}))
+                                         method_settings={"rampup_iterations": 1, "paced": False}))
     weights = []
     for report in trainer.run():
         if "consistency_weight" in report.losses:

@@ -147,7 +147,8 @@ def test_a_volume_damaged_past_its_header_is_one_sentence_naming_it_when_streami
     bad.write_bytes(bad.read_bytes()[: 352 + 6 * 40 * 44])  # the header and the first x-plane only
     data = scan_folder(root)  # headers are all that is read up front
     config = streamed_config(50)
-    config.method_settings = {"warmup": "none"}  # e.nii is unlabeled: a warming method would not read it yet
+    # e.nii is unlabeled: a warming or paced method would not read it yet
+    config.method_settings = {"warmup": "none", "paced": False}
     with pytest.raises(InputError) as err:
         Trainer(data, config).train()
     text = str(err.value)

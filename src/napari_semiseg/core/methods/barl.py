@@ -204,14 +204,14 @@ class BARL(AgreementWarmup, Method):
     def training_step(self, batch: Batch, state: TrainState):
         s = self.settings
         nets = (self.student, self.branch2)
-        warming_up = not self.needs_unlabeled(state)
+        supervised_only = not self.needs_unlabeled(state)  # warming up, or paced
         sup, dice = 0.0, 0.0
         for net in nets:
             _, fl = net(batch.x_l, return_features=True)
             sup = sup + self._supervised(fl["scales"], batch.y_l)
-            if warming_up:
+            if supervised_only:
                 dice += labeled_agreement(fl["scales"][0].detach(), batch.y_l) / len(nets)
-        if warming_up:  # both branches on the labeled patches only (agreement: theirs with the labels)
+        if supervised_only:  # both branches on the labeled patches only (agreement: theirs with the labels)
             return {"loss": sup, "supervised": sup.detach(), "labeled_agreement": self.record_agreement(dice)}
         with torch.no_grad():
             weak = [[torch.softmax(o.float(), 1) for o in net(batch.x_u, return_features=True)[1]["scales"]]
@@ -235,7 +235,7 @@ class BARL(AgreementWarmup, Method):
         region = self._region(strong[0]["decoder"], strong[1]["decoder"], pl[0], agreed)
         instance = (self._instance(strong[0]["decoder"], strong[1]["decoder"], pl[0], pl[1])
                     if s.instance_weight > 0 else torch.zeros((), device=batch.x_u.device))
-        w = self.ramp_after_warmup(state, s.rampup_fraction, s.rampup_iterations)
+        w = self.unlabeled_weight(state)
         label_space = s.cps_weight * cps + s.consistency_weight * cons + s.pcbc_weight * pcbc
         representation = s.region_weight * region + s.instance_weight * instance
         loss = sup + w * (label_space + representation)

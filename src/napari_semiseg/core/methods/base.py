@@ -236,6 +236,11 @@ class WarmupSettings:
     warmup_agreement: float = 0.7
     warmup_fraction: float = 0.5
     warmup_iterations: int = 1000  # the cap when training runs until stopped
+    # After the warm-up, take the unlabeled stream on a share of the steps equal to the unlabeled
+    # terms' ramp weight, at full weight when taken (``AgreementWarmup.paced_take``): the same expected
+    # loss, but while the weight is small (the ramp, and after each correction) most steps cost a
+    # supervised step instead of two or three.
+    paced: bool = False
 
 
 class AgreementWarmup:
@@ -252,8 +257,11 @@ class AgreementWarmup:
         # average it after each step and take the warm-up decision together
         self.register_buffer("agreement", torch.zeros(()), persistent=False)
         self._warm_end: tuple[int, float] = (0, 0.0)  # (iteration, progress) where the warm-up ended
+        self._credit = 0.0  # paced: ramp weight accumulated since the unlabeled stream was last taken
+        self._paced: tuple[int, bool] = (-1, True)  # (iteration, taken): one decision per step
 
-    def needs_unlabeled(self, state: TrainState) -> bool:
+    def warmed(self, state: TrainState) -> bool:
+        """Whether the warm-up is over (it ends here, once, when its condition is first met)."""
         if self.warmed_up:
             return True
         s = self.settings
@@ -263,6 +271,33 @@ class AgreementWarmup:
             self.warmed_up = True
             self._warm_end = (state.iteration, state.progress or 0.0)
         return done
+
+    def needs_unlabeled(self, state: TrainState) -> bool:
+        return self.warmed(state) and self.paced_take(state)
+
+    def paced_take(self, state: TrainState) -> bool:
+        """Paced (``paced``): whether this step takes the unlabeled stream. A running credit adds the
+        ramp's weight each step and the stream is taken whenever a whole unit has built up, so it is
+        taken on a share of the steps equal to the weight; unpaced, every step takes it."""
+        if not self.settings.paced:
+            return True
+        if self._paced[0] != state.iteration:
+            self._credit += self.unlabeled_ramp(state)
+            taken = self._credit >= 1.0
+            if taken:
+                self._credit -= 1.0
+            self._paced = (state.iteration, taken)
+        return self._paced[1]
+
+    def unlabeled_ramp(self, state: TrainState) -> float:
+        """The method's unlabeled-term ramp at this step (``ramp_after_warmup`` with its settings)."""
+        s = self.settings
+        return self.ramp_after_warmup(state, s.rampup_fraction, s.rampup_iterations)
+
+    def unlabeled_weight(self, state: TrainState) -> float:
+        """What multiplies the unlabeled terms on a step that takes them: the ramp, or 1 when paced
+        (the ramp is then how often they are taken)."""
+        return 1.0 if self.settings.paced else self.unlabeled_ramp(state)
 
     def record_agreement(self, dice: float) -> torch.Tensor:
         self.agreement.mul_(0.9).add_(0.1 * dice)

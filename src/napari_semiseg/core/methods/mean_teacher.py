@@ -28,11 +28,11 @@ class MeanTeacherSettings(TeacherSettings, WarmupSettings):
     # protocol (-0.024, 1/9) and with it is level (-0.006; +0.018 over "none", 8/1); on a machine three
     # times as fast it cost 0.009 there (RESULTS §11.2, §28).
     warmup: str = "agreement"
-    # Take the unlabeled stream on a share of the steps equal to the consistency ramp's current weight,
-    # at full weight when taken: the same expected loss, but while the weight is small (the ramp, and
-    # after each correction) most steps cost a supervised step instead of 2.3. A tie on the loop
-    # protocol (+0.003 to +0.009, not significant; RESULTS §28.5).
-    paced: bool = False
+    # The unlabeled stream on a share of the steps equal to the consistency ramp's weight, at full
+    # weight (WarmupSettings.paced): each step costs 2.3 supervised ones, and paced the ramp's steps
+    # mostly cost one. On a slow CPU +0.015 on the session protocol (8/0) and +0.003 to +0.009 on the
+    # loop protocol (RESULTS §28.5, §29).
+    paced: bool = True
 
 
 class MeanTeacher(AgreementWarmup, TeacherMixin, Method):
@@ -52,8 +52,6 @@ class MeanTeacher(AgreementWarmup, TeacherMixin, Method):
         check_fraction("confidence", self.settings.confidence)
         self._make_teacher()
         self._init_warmup()
-        self._credit = 0.0  # paced: ramp weight accumulated since the unlabeled stream was last taken
-        self._paced: tuple[int, bool] = (-1, True)  # (iteration, taken): one decision per step
         # running class frequencies (distribution alignment)
         self.register_buffer("_class_freq", torch.zeros(n_classes), persistent=False)
         self.register_buffer("_teacher_freq", torch.zeros(n_classes), persistent=False)
@@ -83,25 +81,14 @@ class MeanTeacher(AgreementWarmup, TeacherMixin, Method):
     def predictor(self):
         return Predictor(self.teacher)
 
-    def needs_unlabeled(self, state: TrainState) -> bool:
-        if not super().needs_unlabeled(state):  # warming up
-            return False
-        s = self.settings
-        if not s.paced:
-            return True
-        if self._paced[0] != state.iteration:
-            self._credit += self.ramp_after_warmup(state, s.rampup_fraction, s.rampup_iterations)
-            taken = self._credit >= 1.0
-            if taken:
-                self._credit -= 1.0
-            self._paced = (state.iteration, taken)
-        return self._paced[1]
-
     def step_with_features(self, batch: Batch, state: TrainState):
         s = self.settings
-        if not self.needs_unlabeled(state) or not len(batch.x_u):  # warming up, or nothing unlabeled:
-            # exactly supervised training (no features: TransMedSeg on the mean teacher adds nothing then)
-            return self.warmup_step(batch)[0], StepFeatures()
+        if not self.needs_unlabeled(state) or not len(batch.x_u):  # warming up, paced, or nothing unlabeled:
+            # exactly supervised training; the labeled features only on a paced step (TransMedSeg on the
+            # mean teacher keeps its term between paced steps, and adds nothing in the other two cases)
+            out, features = self.warmup_step(batch)
+            paced_out = self.warmed_up and not self.needs_unlabeled(state)
+            return out, features if paced_out else StepFeatures()
         # each stream through its own forward pass: one forward over both lets batch-norm statistics
         # tell the few labeled slices apart from the rest (hippocampus, 3 labeled slices: the
         # unlabeled-slice Dice fell from 0.70 to 0.23 at 400 iterations)
@@ -128,8 +115,7 @@ class MeanTeacher(AgreementWarmup, TeacherMixin, Method):
             cons = (dist * sure).sum() / sure.sum().clamp_min(1.0)
         else:
             cons = dist.mean()
-        ramp = self.ramp_after_warmup(state, s.rampup_fraction, s.rampup_iterations)
-        w = s.consistency * (1.0 if s.paced else ramp)  # paced: the ramp is how often it is taken
+        w = s.consistency * self.unlabeled_weight(state)
         return {"loss": sup + w * cons, "supervised": sup.detach(), "consistency": cons.detach(),
                 "consistency_weight": torch.tensor(w)}, features
 
