@@ -475,3 +475,33 @@ done
 wait
 .venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s28/loop_paced_A.json $OUT/s28/loop_paced_B.json
 .venv/bin/python benchmarks/paired_loop.py --against mean-teacher $OUT/s28/loop_paced_A.json $OUT/s28/loop_paced_B.json
+
+# §29: pacing, the default of the mean teacher and SGRS-Net (run when the defaults were still unpaced:
+# in the session and CHASE_DB1 files "mean-teacher"/"sgrs-net" are today's [paced=false])
+mkdir -p $OUT/s29
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol session --k 3 --seconds 60 --axis 2 --threads 1 \
+      --methods "supervised,mean-teacher[paced=false],mean-teacher[warmup=none,paced=false],mean-teacher" \
+      --json $OUT/s29/session_mt_$h.json > $OUT/s29/session_mt_$h.log 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s29/session_mt_A.json $OUT/s29/session_mt_B.json
+.venv/bin/python benchmarks/paired_session.py --against "mean-teacher[paced=false]" $OUT/s29/session_mt_A.json $OUT/s29/session_mt_B.json
+$BIN benchmark $C10 --methods "supervised,mean-teacher[paced=false],mean-teacher" --json $OUT/s29/chase10_mt.json > $OUT/s29/chase10_mt.log 2>&1 &
+for h in A B; do   # one after the other, beside the CHASE_DB1 run
+  $BIN benchmark $OUT/loop$h --protocol session --k 3 --seconds 60 --axis 2 --threads 1 \
+      --methods "supervised,sgrs-net[paced=false],sgrs-net" --json $OUT/s29/session_sgrs_$h.json > $OUT/s29/session_sgrs_$h.log 2>&1
+done
+wait
+.venv/bin/python benchmarks/summarise.py --per-image --against "mean-teacher[paced=false]" $OUT/s29/chase10_mt.json
+.venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s29/session_sgrs_A.json $OUT/s29/session_sgrs_B.json
+.venv/bin/python benchmarks/paired_session.py --against "sgrs-net[paced=false]" $OUT/s29/session_sgrs_A.json $OUT/s29/session_sgrs_B.json
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol loop --k 3 --rounds 3 --seconds 45 --round-seconds 15 --axis 2 --threads 1 \
+      --policies gain --curve-only --methods "supervised,mean-teacher,mean-teacher[paced=false],sgrs-net,sgrs-net[paced=false]" \
+      --json $OUT/s29/loop_$h.json > $OUT/s29/loop_$h.log 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s29/loop_A.json $OUT/s29/loop_B.json
+.venv/bin/python benchmarks/paired_loop.py --against "mean-teacher[paced=false]" $OUT/s29/loop_A.json $OUT/s29/loop_B.json
+.venv/bin/python benchmarks/paired_loop.py --against "sgrs-net[paced=false]" $OUT/s29/loop_A.json $OUT/s29/loop_B.json
