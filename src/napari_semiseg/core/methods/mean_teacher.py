@@ -30,8 +30,9 @@ class MeanTeacherSettings(TeacherSettings, WarmupSettings):
     warmup: str = "agreement"
     # The unlabeled stream on a share of the steps equal to the consistency ramp's weight, at full
     # weight (WarmupSettings.paced): each step costs 2.3 supervised ones, and paced the ramp's steps
-    # mostly cost one. On a slow CPU +0.015 on the session protocol (8/0) and +0.003 to +0.009 on the
-    # loop protocol (RESULTS §28.5, §29).
+    # mostly cost one. On a slow CPU +0.015 on the session protocol (8/0), ahead at every point of
+    # the loop protocol (+0.018 after the first correction, 9/0) and +0.011 on CHASE_DB1 in 10 minutes
+    # (RESULTS §28.5, §29).
     paced: bool = True
 
 
@@ -43,8 +44,9 @@ class MeanTeacher(AgreementWarmup, TeacherMixin, Method):
     """
 
     name = "mean-teacher"
-    advice = ("The default: 0.02-0.04 Dice ahead of supervised training with a few labeled slices on a "
-              "fast CPU, level with it on a slow one and when many are labeled.")
+    advice = ("The default: ahead of supervised training with a few labeled slices (+0.02-0.04 Dice on a "
+              "fast CPU, +0.007 on a slow one), level when many are labeled; 0.02 behind on thin vessels "
+              "in a 10-minute run on a slow CPU.")
     Settings = MeanTeacherSettings
 
     def __init__(self, in_channels, n_classes, settings=None):
