@@ -54,7 +54,7 @@ class SGRSSettings(TeacherSettings, WarmupSettings):
     warmup: str = "agreement"
     # The unlabeled stream on a share of the steps equal to the pseudo-label ramp's weight, at full
     # weight (WarmupSettings.paced): 319-416 steps in the session protocol's minute instead of 247-335,
-    # and +0.032 Dice there, better on 10 of 10 volumes (RESULTS §29).
+    # and +0.032 Dice there (10/0); +0.031 on CHASE_DB1 in 10 minutes (8/0) (RESULTS §29).
     paced: bool = True
 
 
@@ -131,8 +131,8 @@ class ViewDisagreement(nn.Module):
 
 class SGRSNet(AgreementWarmup, TeacherMixin, Method):
     name = "sgrs-net"
-    advice = ("Ahead with a few labeled slices on a fast CPU (+0.03-0.06 Dice), level on a slow one and at "
-              "equal steps; 0.01-0.02 behind on vessels in a 10-minute CPU run and after corrections.")
+    advice = ("Ahead with a few labeled slices (+0.03-0.06 Dice, +0.03 in a minute even on a slow CPU), "
+              "within 0.01 after corrections, on vessels in a 10-minute CPU run and at equal steps.")
     Settings = SGRSSettings
 
     def __init__(self, in_channels, n_classes, settings=None):
