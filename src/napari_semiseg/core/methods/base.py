@@ -322,9 +322,13 @@ def supervised_step(student: nn.Module, batch: Batch) -> tuple[torch.Tensor, dic
     (for TransMedSeg) of a method's warm-up or pre-training."""
     logits, feats = student(batch.x_l, return_features=True)
     sup = supervised_loss(logits, batch.y_l)
-    labels, known = split_known(batch.y_l)
-    return (logits, {"loss": sup, "supervised": sup.detach()},
-            StepFeatures(source={"features": feats["decoder"], "labels": labels, "mask": known}))
+    return logits, {"loss": sup, "supervised": sup.detach()}, StepFeatures(source=labeled_source(feats, batch.y_l))
+
+
+def labeled_source(feats: dict[str, torch.Tensor], y_l: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``StepFeatures.source`` of the labeled patches: their decoder features, labels and known pixels."""
+    labels, known = split_known(y_l)
+    return {"features": feats["decoder"], "labels": labels, "mask": known}
 
 
 def check_choice(setting: str, value, choices) -> None:

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from ..inference import Predictor
-from ..losses import split_known, supervised_loss
+from ..losses import supervised_loss
 from .base import (AgreementWarmup, Batch, Method, StepFeatures, TeacherMixin, TeacherSettings, TrainState,
-                   WarmupSettings, batch_stats_forward, check_fraction, noisy)
+                   WarmupSettings, batch_stats_forward, check_fraction, labeled_source, noisy)
 
 
 @dataclass
@@ -85,12 +85,12 @@ class MeanTeacher(AgreementWarmup, TeacherMixin, Method):
 
     def step_with_features(self, batch: Batch, state: TrainState):
         s = self.settings
-        if not self.needs_unlabeled(state) or not len(batch.x_u):  # warming up, paced, or nothing unlabeled:
+        taken = self.needs_unlabeled(state)
+        if not taken or not len(batch.x_u):  # warming up, paced, or nothing unlabeled:
             # exactly supervised training; the labeled features only on a paced step (TransMedSeg on the
             # mean teacher keeps its term between paced steps, and adds nothing in the other two cases)
             out, features = self.warmup_step(batch)
-            paced_out = self.warmed_up and not self.needs_unlabeled(state)
-            return out, features if paced_out else StepFeatures()
+            return out, features if self.warmed_up and not taken else StepFeatures()
         # each stream through its own forward pass: one forward over both lets batch-norm statistics
         # tell the few labeled slices apart from the rest (hippocampus, 3 labeled slices: the
         # unlabeled-slice Dice fell from 0.70 to 0.23 at 400 iterations)
@@ -107,8 +107,7 @@ class MeanTeacher(AgreementWarmup, TeacherMixin, Method):
             target = torch.softmax(logits_t.float(), 1)
             if s.align:
                 target = self._aligned(target, batch.y_l)
-        known_labels, known = split_known(batch.y_l)
-        features = StepFeatures(source={"features": feats_l["decoder"], "labels": known_labels, "mask": known},
+        features = StepFeatures(source=labeled_source(feats_l, batch.y_l),
                                 target=None if s.teacher_norm == "batch" else
                                 {"features": feats_t["decoder"], "probs": target})
         dist = ((torch.softmax(logits_u.float(), 1) - target) ** 2).mean(1)

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..inference import PredictorOutput
-from ..losses import normalised_entropy, one_hot, soft_dice_loss, split_known, supervised_loss
+from ..losses import normalised_entropy, one_hot, soft_dice_loss, supervised_loss
 from ..pseudo_labels import RULES, ClassThresholds
 from .base import (AgreementWarmup, Batch, Method, StepFeatures, TeacherMixin, TeacherSettings, TrainState,
-                   WarmupSettings, check_choice, noisy)
+                   WarmupSettings, check_choice, labeled_source, noisy)
 
 INCONSISTENT_RULES = ("soft", "hard", "exclude")
 
@@ -181,8 +181,7 @@ class SGRSNet(AgreementWarmup, TeacherMixin, Method):
         counted = torch.ones(()) if regions.counted is None else regions.counted.float().mean()
         pseudo_loss = 0.5 * (parts["ce"] + parts["dice"])
         w = s.pseudo_weight * self.unlabeled_weight(state)
-        known_labels, known = split_known(batch.y_l)
-        features = StepFeatures(source={"features": feats_l["decoder"], "labels": known_labels, "mask": known},
+        features = StepFeatures(source=labeled_source(feats_l, batch.y_l),
                                 target={"features": feats_t["decoder"], "probs": probs_t})
         return {"loss": sup + w * pseudo_loss, "supervised": sup.detach(), "pseudo": pseudo_loss.detach(),
                 "consistent_fraction": regions.consistent.float().mean(),
