@@ -616,29 +616,6 @@ def test_a_paced_method_takes_the_unlabeled_stream_as_often_as_its_ramp_weighs(m
     assert weight not in out and float(out["loss"].detach()) == pytest.approx(float(out["supervised"]))
 
 
-@pytest.mark.parametrize("method, weight, full", [("mean-teacher", "consistency_weight", "consistency"),
-                                                  ("sgrs-net", "pseudo_weight", "pseudo_weight")])
-def test_a_paced_share_caps_the_unlabeled_steps_after_the_ramp_at_the_same_expected_weight(method, weight, full):
-    m = build_method(method, 1, 2, {"paced": True, "paced_share": 0.25, "warmup": "none"})
-    s = m.settings
-    states = [TrainState(i, i / 1000) for i in range(1000)]
-    ramps = [m.ramp_after_warmup(st, s.rampup_fraction, s.rampup_iterations) for st in states]
-    taken = [m.needs_unlabeled(st) for st in states]
-    assert abs(sum(taken[600:]) - 0.25 * 400) <= 1  # ramped: a quarter of the steps, not all of them
-    y = torch.zeros(2, 16, 16, dtype=torch.long)
-    y[:, 4:12, 4:12] = 1
-    both = Batch(torch.rand(2, 1, 16, 16), y, torch.rand(2, 1, 16, 16))
-    again = build_method(method, 1, 2, {"paced": True, "paced_share": 0.25, "warmup": "none"})
-    late = next(st for st in states if again.needs_unlabeled(st) and st.iteration >= 600)
-    out = again.training_step(both, late)  # the step asks again: the decision already taken
-    assert float(out[weight]) == pytest.approx(4 * getattr(s, full))  # four times the weight when taken...
-    expected = sum(r for r in ramps)  # ...so that the weight summed over the steps is the ramp's
-    summed = sum(t * max(1.0, r / 0.25) for t, r in zip(taken, ramps))
-    assert summed == pytest.approx(expected, abs=4.0)
-    with pytest.raises(InputError, match="paced_share"):  # one clear error, not a division by zero
-        build_method(method, 1, 2, {"paced_share": 0.0})
-
-
 def test_the_mean_teacher_is_paced_by_default_and_transmedseg_keeps_its_term_between_paced_steps():
     assert build_method("mean-teacher", 1, 2).settings.paced  # RESULTS §29
     tsa = build_method("transmedseg", 1, 2, {"base_settings": {"warmup": "none"}})

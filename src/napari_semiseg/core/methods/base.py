@@ -241,10 +241,6 @@ class WarmupSettings:
     # loss, but while the weight is small (the ramp, and after each correction) most steps cost a
     # supervised step instead of two or three.
     paced: bool = False
-    # Paced: at most this share of the steps take the unlabeled stream; once the ramp's weight passes
-    # it, a taken step weighs ramp/share, so the expected loss is unchanged and the price of the
-    # unlabeled passes stays at this share after the ramp too (1: every step once ramped).
-    paced_share: float = 1.0
 
 
 class AgreementWarmup:
@@ -255,9 +251,6 @@ class AgreementWarmup:
         check_choice("warmup", s.warmup, ("none", "agreement"))
         check_fraction("warmup_agreement", s.warmup_agreement)
         check_fraction("warmup_fraction", s.warmup_fraction)
-        check_fraction("paced_share", s.paced_share)
-        if s.paced_share <= 0:
-            raise ValueError("paced_share must be above 0: it is the share of steps that take the unlabeled stream")
         # not saved: a resumed model re-measures its agreement, which a trained one passes in a few steps
         self.warmed_up = s.warmup == "none"
         # running Dice on the labeled patches; a buffer (unsaved) so that the ranks of a torchrun
@@ -285,12 +278,11 @@ class AgreementWarmup:
     def paced_take(self, state: TrainState) -> bool:
         """Paced (``paced``): whether this step takes the unlabeled stream. A running credit adds the
         ramp's weight each step and the stream is taken whenever a whole unit has built up, so it is
-        taken on a share of the steps equal to the weight, at most ``paced_share``; unpaced, every step
-        takes it."""
+        taken on a share of the steps equal to the weight; unpaced, every step takes it."""
         if not self.settings.paced:
             return True
         if self._paced[0] != state.iteration:
-            self._credit += min(self.unlabeled_ramp(state), self.settings.paced_share)
+            self._credit += self.unlabeled_ramp(state)
             taken = self._credit >= 1.0
             if taken:
                 self._credit -= 1.0
@@ -303,12 +295,9 @@ class AgreementWarmup:
         return self.ramp_after_warmup(state, s.rampup_fraction, s.rampup_iterations)
 
     def unlabeled_weight(self, state: TrainState) -> float:
-        """What multiplies the unlabeled terms on a step that takes them: the ramp, or when paced (the
-        ramp is then how often they are taken) 1, and ramp/share once the ramp passes the share."""
-        s = self.settings
-        if not s.paced:
-            return self.unlabeled_ramp(state)
-        return max(1.0, self.unlabeled_ramp(state) / s.paced_share)
+        """What multiplies the unlabeled terms on a step that takes them: the ramp, or 1 when paced
+        (the ramp is then how often they are taken)."""
+        return 1.0 if self.settings.paced else self.unlabeled_ramp(state)
 
     def record_agreement(self, dice: float) -> torch.Tensor:
         self.agreement.mul_(0.9).add_(0.1 * dice)
