@@ -505,3 +505,33 @@ wait
 .venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s29/loop_A.json $OUT/s29/loop_B.json
 .venv/bin/python benchmarks/paired_loop.py --against "mean-teacher[paced=false]" $OUT/s29/loop_A.json $OUT/s29/loop_B.json
 .venv/bin/python benchmarks/paired_loop.py --against "sgrs-net[paced=false]" $OUT/s29/loop_A.json $OUT/s29/loop_B.json
+
+# §30: the paced defaults on a faster machine; paced_share (tried on a build that had it, removed since:
+# the [paced_share=...] arms below need that build, commit dbf2295)
+mkdir -p $OUT/s30
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol session --k 3 --seconds 60 --axis 2 --threads 1 \
+      --methods "supervised,mean-teacher,mean-teacher[paced_share=0.5],sgrs-net" \
+      --json $OUT/s30/session_$h.json > $OUT/s30/session_$h.log 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/paired_session.py --against supervised $OUT/s30/session_A.json $OUT/s30/session_B.json
+.venv/bin/python benchmarks/paired_session.py --against mean-teacher $OUT/s30/session_A.json $OUT/s30/session_B.json
+$BIN benchmark $C10 --methods "supervised,mean-teacher,mean-teacher[paced_share=0.5]" --json $OUT/s30/chase10_a.json > $OUT/s30/chase10_a.log 2>&1 &
+$BIN benchmark $C10 --methods "supervised,sgrs-net,mean-teacher[paced_share=0.25]" --json $OUT/s30/chase10_b.json > $OUT/s30/chase10_b.log 2>&1 &
+wait
+C3="../shared/data/chase_db1 --protocol dataset --test-count 8 --minutes 3.3 --threads 1"   # the slow machine's steps
+$BIN benchmark $C3 --methods "supervised,mean-teacher,mean-teacher[paced_share=0.5]" --json $OUT/s30/chase3_a.json > $OUT/s30/chase3_a.log 2>&1 &
+$BIN benchmark $C3 --methods "supervised,mean-teacher[paced_share=0.25],sgrs-net" --json $OUT/s30/chase3_b.json > $OUT/s30/chase3_b.log 2>&1 &
+wait
+for f in chase10_a chase10_b chase3_a chase3_b; do
+  .venv/bin/python benchmarks/summarise.py --per-image --against supervised $OUT/s30/$f.json
+done
+for h in A B; do
+  $BIN benchmark $OUT/loop$h --protocol loop --k 3 --rounds 3 --seconds 45 --round-seconds 15 --axis 2 --threads 1 \
+      --policies gain --curve-only --methods "supervised,mean-teacher,sgrs-net" \
+      --json $OUT/s30/loop_$h.json > $OUT/s30/loop_$h.log 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s30/loop_A.json $OUT/s30/loop_B.json
+.venv/bin/python benchmarks/step_cost.py --methods supervised,mean-teacher --steps 100
