@@ -535,3 +535,11 @@ done
 wait
 .venv/bin/python benchmarks/paired_loop.py --against supervised $OUT/s30/loop_A.json $OUT/s30/loop_B.json
 .venv/bin/python benchmarks/step_cost.py --methods supervised,mean-teacher --steps 100
+# §30.7: SGRS-Net after corrections, hippocampus_008 alone
+mkdir -p $OUT/probe008/images $OUT/probe008/labels
+ln -sf "$(realpath $HIPPO/images/hippocampus_008.nii.gz)" $OUT/probe008/images/
+ln -sf "$(realpath $HIPPO/labels/hippocampus_008.nii.gz)" $OUT/probe008/labels/
+P="--protocol loop --k 3 --rounds 3 --seconds 45 --round-seconds 15 --axis 2 --threads 1 --policies gain --curve-only"
+$BIN benchmark $OUT/probe008 $P --methods "supervised,sgrs-net" --json $OUT/s30/probe_a.json > $OUT/s30/probe_a.log 2>&1 &
+$BIN benchmark $OUT/probe008 $P --methods "sgrs-net[thresholds=off],mean-teacher" --json $OUT/s30/probe_b.json > $OUT/s30/probe_b.log 2>&1 &
+wait
